@@ -1,0 +1,53 @@
+"""ONNX Runtime stand-in for a TensorRT engine: runs the engine's own ONNX behind :class:`EngineRunner`.
+
+Engines cannot execute on the machines that test this project (full TensorRT is not installable there and
+TensorRT for RTX does not run on compute capability 9.0), so tests and benchmarks run the very ONNX the
+engine was built from, restricted to the engine's profiles, through this runner. Users never see it
+called TensorRT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import EngineRunError
+from .runtime import EngineProfile, EngineRunner
+
+
+class OnnxRuntimeRunner(EngineRunner):
+    """Runs an ONNX model on ONNX Runtime's CPU provider, accepting and returning torch tensors."""
+
+    runtime_name = "ONNX Runtime (stand-in)"
+
+    def __init__(self, onnx_path: Path, input_names: Sequence[str], output_name: str,
+                 profiles: Sequence[EngineProfile],
+                 initializer_overrides: Mapping[str, np.ndarray] | None = None) -> None:
+        import onnxruntime as ort
+
+        super().__init__(onnx_path, input_names, output_name, profiles)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        # Overrides stand in for a TensorRT refit; the OrtValues must outlive the session.
+        self._overrides = [(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)))
+                           for name, value in (initializer_overrides or {}).items()]
+        for name, value in self._overrides:
+            options.add_initializer(name, value)
+        try:
+            self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own untyped errors for unreadable files
+            raise EngineRunError(f"cannot load {Path(onnx_path).name}: {e}") from e
+        self._dtypes = {i.name: i.type for i in self._session.get_inputs()}
+
+    def infer(self, feeds: Mapping[str, torch.Tensor], profile_index: int) -> torch.Tensor:
+        first = feeds[self.input_names[0]]
+        arrays = {}
+        for name in self.input_names:
+            tensor = feeds[name].detach()
+            want = torch.float16 if self._dtypes[name] == "tensor(float16)" else torch.float32
+            arrays[name] = tensor.to("cpu", want).contiguous().numpy()
+        (out,) = self._session.run([self.output_name], arrays)
+        return torch.from_numpy(out).to(first.device, first.dtype)
