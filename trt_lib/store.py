@@ -1,0 +1,309 @@
+"""The engine store: a folder of engine files and one versioned manifest describing them.
+
+The manifest is only ever replaced whole (written to a temporary file, then renamed over the old one) and
+every read-modify-write holds a lock file, so two writers (the tab and the API, or two WebUIs sharing a
+folder) never lose each other's entries. An entry is added only once its engine file is complete, so a
+build that dies leaves at most a temporary file, which :meth:`EngineStore.cleanup` removes and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .errors import StoreError, UnsafeNameError
+from .names import check_id, file_stem, inside
+from .profiles import Profile
+
+MANIFEST = "manifest.json"
+FORMAT = "sd-webui-tensorrt/engines"
+VERSION = 1
+TEMP_MARK = ".partial"
+"""Files being written carry this in their name until they are complete."""
+
+
+@dataclass
+class EngineEntry:
+    """What the manifest records of one engine."""
+
+    id: str
+    checkpoint: str
+    """The WebUI's checkpoint name (its ``model_name``; subfolders included), used to pick engines."""
+    checkpoint_hash: str
+    family: str
+    profiles: list[dict[str, list[int]]]
+    backend: str
+    backend_version: str
+    compute_capabilities: list[str]
+    engine_file: str
+    engine_bytes: int
+    onnx_file: str = ""
+    loras: list[dict[str, Any]] = field(default_factory=list)
+    refittable: bool = False
+    weight_stripped: bool = False
+    dtype: str = "float16"
+    build_seconds: float = 0.0
+    created: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineEntry:
+        known = {f for f in cls.__dataclass_fields__}
+        try:
+            entry = cls(**{k: v for k, v in data.items() if k in known})
+            check_id(entry.id)
+            [Profile.from_dict(p) for p in entry.profiles]
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"malformed manifest entry {data.get('id', '?')!r}: {e}") from e
+        return entry
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def parsed_profiles(self) -> list[Profile]:
+        return [Profile.from_dict(p) for p in self.profiles]
+
+    @property
+    def lora_label(self) -> str:
+        return ", ".join(f"{lo['name']}:{lo['weight']:g}" for lo in self.loras)
+
+    def label(self) -> str:
+        """Human-readable one-liner for lists: profiles, LoRAs, backend."""
+        parts = ["; ".join(p.label() for p in self.parsed_profiles)]
+        if self.loras:
+            parts.append(f"LoRA {self.lora_label}")
+        return f"{' | '.join(parts)} ({self.backend} {self.backend_version})"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An entry that cannot be used, and why (shown to the user, never silently skipped)."""
+
+    entry_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the running machine offers, to check entries against."""
+
+    backend: str
+    backend_version: str
+    compute_capability: str | None
+
+
+class EngineStore:
+    """A folder of engines with their manifest."""
+
+    def __init__(self, folder: Path | str, lock_timeout: float = 30.0) -> None:
+        self.folder = Path(folder)
+        self.manifest_path = self.folder / MANIFEST
+        self._lock = FileLock(str(self.folder / (MANIFEST + ".lock")), timeout=lock_timeout)
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    def _read(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"format": FORMAT, "version": VERSION, "engines": []}
+        try:
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise StoreError(f"{self.manifest_path} cannot be read ({e}). Your engine files are untouched; "
+                             "move the manifest away to start a new one.") from e
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("engines"), list):
+            raise StoreError(f"{self.manifest_path} is not an engine manifest of this extension")
+        if not isinstance(data.get("version"), int) or data["version"] > VERSION:
+            raise StoreError(f"{self.manifest_path} was written by a newer version of this extension "
+                             f"(format {data.get('version')!r}, this one reads {VERSION}); update the extension")
+        return data
+
+    def entries(self) -> list[EngineEntry]:
+        """All well-formed entries (malformed ones are listed by :meth:`problems`)."""
+        return [e for e in self._parse(self._read()) if isinstance(e, EngineEntry)]
+
+    def _parse(self, data: dict[str, Any]) -> list[EngineEntry | Problem]:
+        out: list[EngineEntry | Problem] = []
+        for raw in data["engines"]:
+            try:
+                out.append(EngineEntry.from_dict(raw))
+            except StoreError as e:
+                out.append(Problem(str(raw.get("id", "?")) if isinstance(raw, dict) else "?", str(e)))
+        return out
+
+    def get(self, engine_id: str) -> EngineEntry:
+        check_id(engine_id)
+        for entry in self.entries():
+            if entry.id == engine_id:
+                return entry
+        raise StoreError(f"no engine {engine_id!r} in {self.folder}")
+
+    def engine_path(self, entry: EngineEntry) -> Path:
+        return inside(self.folder, entry.engine_file)
+
+    def onnx_path(self, entry: EngineEntry) -> Path | None:
+        return inside(self.folder, entry.onnx_file) if entry.onnx_file else None
+
+    def problems(self, runtime: Runtime | None = None) -> list[Problem]:
+        """Every entry that cannot be used here, with the reason: malformed, files missing, or built for
+        another backend, backend version or GPU."""
+        found = []
+        for item in self._parse(self._read()):
+            if isinstance(item, Problem):
+                found.append(item)
+                continue
+            reason = self.unusable_reason(item, runtime)
+            if reason:
+                found.append(Problem(item.id, reason))
+        return found
+
+    def unusable_reason(self, entry: EngineEntry, runtime: Runtime | None = None) -> str:
+        """Why ``entry`` cannot run here, or "" when it can."""
+        try:
+            path = self.engine_path(entry)
+        except UnsafeNameError as e:
+            return str(e)
+        if not path.is_file():
+            return f"engine file {entry.engine_file} is missing"
+        if path.stat().st_size != entry.engine_bytes:
+            return f"engine file {entry.engine_file} is {path.stat().st_size} bytes, {entry.engine_bytes} expected"
+        if runtime is None:
+            return ""
+        if entry.backend != runtime.backend:
+            return f"built with {entry.backend}, but the selected backend is {runtime.backend}"
+        if entry.backend_version != runtime.backend_version:
+            return (f"built with {entry.backend} {entry.backend_version}, installed is {runtime.backend_version}: "
+                    "rebuild it")
+        if runtime.compute_capability and runtime.compute_capability not in entry.compute_capabilities:
+            return (f"built for compute capability {', '.join(entry.compute_capabilities)}, this GPU is "
+                    f"{runtime.compute_capability}: rebuild it")
+        return ""
+
+    def usable(self, runtime: Runtime | None = None) -> list[EngineEntry]:
+        return [e for e in self.entries() if not self.unusable_reason(e, runtime)]
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """Hold the lock around a read-modify-write of the manifest; write it back atomically."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._lock:
+                data = self._read()
+                yield data
+                atomic_write_text(self.manifest_path, json.dumps(data, indent=1) + "\n")
+        except Timeout as e:
+            raise StoreError(f"{self.manifest_path} is locked by another writer; try again") from e
+        except PermissionError as e:
+            raise StoreError(f"no permission to write in {self.folder}: {e}") from e
+
+    def new_id(self, checkpoint: str) -> str:
+        return f"{file_stem(checkpoint)}-{uuid.uuid4().hex[:8]}"
+
+    def add(self, entry: EngineEntry) -> EngineEntry:
+        """Record a complete engine (its file must already be in place)."""
+        check_id(entry.id)
+        path = self.engine_path(entry)
+        if not path.is_file():
+            raise StoreError(f"engine file {entry.engine_file} does not exist")
+        entry.engine_bytes = path.stat().st_size
+        entry.created = entry.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        with self._locked() as data:
+            if any(isinstance(e, dict) and e.get("id") == entry.id for e in data["engines"]):
+                raise StoreError(f"an engine with id {entry.id!r} already exists")
+            data["engines"].append(entry.to_dict())
+        return entry
+
+    def remove(self, engine_id: str) -> EngineEntry:
+        """Delete an engine: its manifest entry first, then its file; its ONNX only when no other entry uses it."""
+        check_id(engine_id)
+        with self._locked() as data:
+            parsed = [e for e in self._parse(data) if isinstance(e, EngineEntry)]
+            entry = next((e for e in parsed if e.id == engine_id), None)
+            if entry is None:
+                raise StoreError(f"no engine {engine_id!r} in {self.folder}")
+            data["engines"] = [e for e in data["engines"] if not (isinstance(e, dict) and e.get("id") == engine_id)]
+            onnx_shared = any(e.onnx_file == entry.onnx_file for e in parsed if e.id != engine_id)
+        _unlink(self.engine_path(entry))
+        if entry.onnx_file and not onnx_shared:
+            onnx = self.onnx_path(entry)
+            if onnx is not None:
+                for f in onnx.parent.glob(onnx.stem + "*"):
+                    _unlink(f)
+        return entry
+
+    def cleanup(self) -> list[str]:
+        """Remove what interrupted exports and builds left behind; return what was discarded, for the user.
+
+        Partial files carry their writer's process id; those of a process still running are kept.
+        """
+        if not self.folder.is_dir():
+            return []
+        discarded = []
+        for path in sorted(self.folder.rglob(f"*{TEMP_MARK}*")):
+            match = _PARTIAL.search(path.name)
+            if match and _pid_alive(int(match.group(1))):
+                continue
+            if path.is_file():
+                _unlink(path)
+            elif path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            discarded.append(str(path.relative_to(self.folder)))
+        return discarded
+
+
+def partial_path(final: Path) -> Path:
+    """Where to write ``final`` until it is complete (same folder, so the rename is atomic)."""
+    return final.with_name(f"{final.name}{TEMP_MARK}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+_PARTIAL = re.compile(re.escape(TEMP_MARK) + r"-(\d+)-")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        import psutil  # the WebUI ships it; on Windows os.kill cannot probe
+
+        return psutil.pid_exists(pid)
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return True
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never a half-written one."""
+    tmp = partial_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(Path(tmp))
+        raise
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
