@@ -168,11 +168,11 @@ class Profile:
             if not r.min <= r.opt <= r.max:
                 found.append(f"{name}: needs min <= opt <= max (got {r.min}, {r.opt}, {r.max})")
         for name in ("height", "width"):
-            off = [v for v in getattr(self, name).as_list() if v % PIXEL_GRID]
+            off = sorted({v for v in getattr(self, name).as_list() if v % PIXEL_GRID})
             if off:
                 fixed = ", ".join(f"{v} -> {_nearest(v, PIXEL_GRID)}" for v in off)
                 found.append(f"{name}: sizes must be multiples of {PIXEL_GRID} px ({fixed})")
-        off = [v for v in self.tokens.as_list() if v % TOKENS_PER_CHUNK]
+        off = sorted({v for v in self.tokens.as_list() if v % TOKENS_PER_CHUNK})
         if off:
             fixed = ", ".join(f"{v} -> {max(TOKENS_PER_CHUNK, _ceil_to(v, TOKENS_PER_CHUNK))}" for v in off)
             found.append(f"tokens: prompt tokens come in chunks of {TOKENS_PER_CHUNK} ({fixed})")

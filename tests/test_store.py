@@ -1,0 +1,162 @@
+"""The engine store: manifest round trip, atomic writes, two writers, bad files and names."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from trt_lib.errors import StoreError, UnsafeNameError
+from trt_lib.names import check_id, file_stem, inside
+from trt_lib.profiles import Profile
+from trt_lib.store import EngineEntry, EngineStore, Runtime, partial_path
+
+PROFILE = Profile.static(1, 512, 512).to_dict()
+
+
+def make_entry(store: EngineStore, checkpoint: str = "sub/model v1.safetensors", payload: bytes = b"engine") -> EngineEntry:
+    engine_id = store.new_id(checkpoint)
+    store.folder.mkdir(parents=True, exist_ok=True)
+    (store.folder / f"{engine_id}.engine").write_bytes(payload)
+    return EngineEntry(engine_id, checkpoint, "abcdef", "sd1", [PROFILE], "tensorrt_rtx", "1.7.1", ["8.9"],
+                       f"{engine_id}.engine", 0, onnx_file="onnx/x/unet.onnx", loras=[{"name": "a b", "weight": 0.5}])
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.endswith(".lock")}
+
+
+def test_manifest_round_trip(tmp_path):
+    store = EngineStore(tmp_path)
+    entry = store.add(make_entry(store))
+    again = EngineStore(tmp_path).get(entry.id)
+    assert again == entry and again.engine_bytes == len(b"engine") and again.created
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data["format"] == "sd-webui-tensorrt/engines" and data["version"] == 1
+    assert "LoRA a b:0.5" in again.label()
+
+
+def test_missing_and_mismatched_engines_are_reported_not_used(tmp_path):
+    store = EngineStore(tmp_path)
+    gone, ok, short = (store.add(make_entry(store)) for _ in range(3))
+    (tmp_path / gone.engine_file).unlink()
+    (tmp_path / short.engine_file).write_bytes(b"eng")
+    runtime = Runtime("tensorrt_rtx", "1.7.1", "8.9")
+    assert [e.id for e in store.usable(runtime)] == [ok.id]
+    reasons = {p.entry_id: p.reason for p in store.problems(runtime)}
+    assert "missing" in reasons[gone.id] and "3 bytes, 6 expected" in reasons[short.id]
+    assert "installed is 2.0" in store.unusable_reason(ok, Runtime("tensorrt_rtx", "2.0", "8.9"))
+    assert "this GPU is 12.0" in store.unusable_reason(ok, Runtime("tensorrt_rtx", "1.7.1", "12.0"))
+    assert "selected backend is tensorrt" in store.unusable_reason(ok, Runtime("tensorrt", "10.8", "8.9"))
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{not json", "cannot be read"),
+    ('{"format": "sd-webui-tensorrt/engines", "version": 1, "engines": [', "cannot be read"),  # half-written
+    ('{"format": "sd-webui-tensorrt/engines", "version": 99, "engines": []}', "newer version"),
+    ('{"format": "other", "version": 1, "engines": []}', "not an engine manifest"),
+    ('[1, 2]', "not an engine manifest"),
+])
+def test_bad_manifest_is_a_clear_error_and_left_as_it_was(tmp_path, content, fragment):
+    store = EngineStore(tmp_path)
+    (tmp_path / "manifest.json").write_text(content)
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreError, match=fragment):
+        store.entries()
+    with pytest.raises(StoreError, match=fragment):
+        store.add(make_entry(store))
+    after = snapshot(tmp_path)
+    assert after.pop("manifest.json") == before.pop("manifest.json")
+
+
+def test_malformed_entry_is_reported_and_the_rest_still_listed(tmp_path):
+    store = EngineStore(tmp_path)
+    good = store.add(make_entry(store))
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    data["engines"].append({"id": "../evil", "profiles": []})
+    data["engines"].append({**good.to_dict(), "id": "escape", "engine_file": "../../outside.engine"})
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    assert [e.id for e in store.usable()] == [good.id]
+    reasons = {p.entry_id: p.reason for p in store.problems()}
+    assert "malformed" in reasons["../evil"] and "outside the engine folder" in reasons["escape"]
+
+
+def _add_many(folder: str, n: int) -> None:
+    store = EngineStore(folder)
+    for _ in range(n):
+        store.add(make_entry(store, checkpoint=f"writer{os.getpid()}"))
+
+
+def test_two_writers_lose_nothing(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_add_many, args=(str(tmp_path), 15)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(EngineStore(tmp_path).entries()) == 30
+
+
+def test_remove_deletes_entry_and_file_and_keeps_shared_onnx(tmp_path):
+    store = EngineStore(tmp_path)
+    onnx = tmp_path / "onnx" / "x" / "unet.onnx"
+    onnx.parent.mkdir(parents=True)
+    onnx.write_bytes(b"onnx")
+    a, b = store.add(make_entry(store)), store.add(make_entry(store))
+    store.remove(a.id)
+    assert not (tmp_path / a.engine_file).exists() and onnx.exists()
+    store.remove(b.id)
+    assert not onnx.exists() and store.entries() == []
+    with pytest.raises(StoreError, match="no engine"):
+        store.remove(b.id)
+
+
+def test_cleanup_discards_partial_files_of_dead_writers_only(tmp_path):
+    store = EngineStore(tmp_path)
+    kept = store.add(make_entry(store))
+    dead = tmp_path / f"x.engine.partial-{2**22 + 12345}-abcd"
+    dead.write_bytes(b"half")
+    mine = partial_path(tmp_path / "y.engine")
+    mine.write_bytes(b"in progress")
+    assert store.cleanup() == [dead.name]
+    assert mine.exists() and not dead.exists() and store.get(kept.id)
+
+
+def test_permission_denied_is_a_clear_error_and_keeps_the_manifest(tmp_path, monkeypatch):
+    store = EngineStore(tmp_path)
+    first = store.add(make_entry(store))
+    before = (tmp_path / "manifest.json").read_bytes()
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", denied)  # what a read-only folder does to the final rename
+    with pytest.raises(StoreError, match="no permission to write"):
+        store.add(make_entry(store))
+    monkeypatch.undo()
+    assert (tmp_path / "manifest.json").read_bytes() == before and [e.id for e in store.entries()] == [first.id]
+    assert not list(tmp_path.glob("manifest.json.partial*"))
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "/abs", ".hidden", "a\x00b", "x" * 200, 5])
+def test_engine_ids_are_checked(bad):
+    with pytest.raises(UnsafeNameError):
+        check_id(bad)
+
+
+@pytest.mark.parametrize("name", ["sub/model.safetensors", "..\\..\\x.ckpt", "a b.c d.safetensors", "\u00e9t\u00e9", "x" * 300])
+def test_file_stems_are_safe_and_distinct(name, tmp_path):
+    stem = file_stem(name)
+    assert inside(tmp_path, stem + ".engine").parent == tmp_path.resolve()
+    assert len(stem) <= 64 and file_stem(name + "2") != stem
+
+
+@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/../../x", "", "a\x00"])
+def test_paths_outside_the_folder_are_refused(tmp_path, bad):
+    with pytest.raises(UnsafeNameError):
+        inside(tmp_path, bad)

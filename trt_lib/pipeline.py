@@ -1,0 +1,108 @@
+"""Export a UNet and build an engine for it into a store: the one entry point the tab, the API and the demo
+use, so that they validate, name, cancel and record engines the same way."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backends import get_backend
+from .errors import BuildCancelled, ProfileError
+from .export import ExportReport, export_onnx
+from .families import Family
+from .names import file_stem
+from .profiles import Profile
+from .store import EngineEntry, EngineStore
+
+Progress = Callable[[str, float], None]
+"""Called with a stage description and the overall fraction done (0..1)."""
+
+EXPORT_SHARE = 0.3
+"""Part of the progress bar given to the export; the build takes the rest."""
+
+
+@dataclass
+class BuildRequest:
+    """What to build: for which checkpoint, family, profiles, backend and target GPU, with which LoRAs."""
+
+    checkpoint: str
+    checkpoint_hash: str
+    family: Family
+    profiles: Sequence[Profile]
+    backend: str = "tensorrt"
+    compute_capability: str | None = None
+    loras: list[dict[str, Any]] = field(default_factory=list)
+    refit: bool = False
+    dtype: torch.dtype = torch.float16
+
+    def validate(self) -> None:
+        """Refuse bad profiles before any work starts (all problems named at once)."""
+        if not self.profiles:
+            raise ProfileError("at least one profile is needed")
+        problems = [f"profile {i + 1}: {p}" for i, prof in enumerate(self.profiles) for p in prof.problems(self.family)]
+        if problems:
+            raise ProfileError("invalid profile: " + "; ".join(problems))
+
+    def export_key(self) -> str:
+        """Names the ONNX export: one per checkpoint, LoRA set and dtype, shared by all its engines."""
+        lora = json.dumps(self.loras, sort_keys=True)
+        digest = hashlib.sha256(f"{self.checkpoint_hash}|{lora}|{self.dtype}".encode()).hexdigest()[:10]
+        return f"{file_stem(self.checkpoint)}-{digest}"
+
+
+def onnx_path_for(store: EngineStore, request: BuildRequest) -> Path:
+    return store.folder / "onnx" / request.export_key() / "unet.onnx"
+
+
+def build_engine(unet: torch.nn.Module, request: BuildRequest, store: EngineStore, *,
+                 progress: Progress | None = None, cancel: threading.Event | None = None,
+                 device: torch.device | str | None = None) -> EngineEntry:
+    """Export ``unet`` (reusing an earlier export of the same weights), build the engine and record it.
+
+    Nothing is recorded unless every step finished; a cancel or a failure leaves the store as it was.
+    """
+    request.validate()
+    backend = get_backend(request.backend)
+    report_progress = progress or (lambda stage, fraction: None)
+
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise BuildCancelled("build cancelled; nothing was written")
+
+    onnx_path = onnx_path_for(store, request)
+    if onnx_path.is_file():
+        report_progress("reusing the earlier ONNX export", EXPORT_SHARE)
+    else:
+        report_progress("exporting the UNet to ONNX", 0.0)
+        onnx_path.parent.parent.mkdir(parents=True, exist_ok=True)
+        export: ExportReport = export_onnx(
+            unet, request.family, onnx_path, profile=request.profiles[0], dtype=request.dtype, device=device,
+            progress=lambda stage, f: (check_cancel(), report_progress(stage, f * EXPORT_SHARE)))
+        report_progress(f"exported in {export.seconds:.1f} s", EXPORT_SHARE)
+    check_cancel()
+
+    engine_id = store.new_id(request.checkpoint)
+    engine_path = store.folder / f"{engine_id}.engine"
+    build = backend.build(
+        onnx_path, engine_path, [request.family.engine_shapes(p) for p in request.profiles],
+        compute_capability=request.compute_capability, refit=request.refit, strip_weights=request.refit,
+        progress=lambda stage, f: report_progress(stage, EXPORT_SHARE + f * (1 - EXPORT_SHARE)),
+        cancel=cancel, cache_dir=store.folder / "cache")
+    entry = EngineEntry(
+        id=engine_id, checkpoint=request.checkpoint, checkpoint_hash=request.checkpoint_hash,
+        family=request.family.name, profiles=[p.to_dict() for p in request.profiles],
+        backend=build.backend, backend_version=build.backend_version,
+        compute_capabilities=list(build.compute_capabilities), engine_file=engine_path.name,
+        engine_bytes=build.engine_bytes, onnx_file=str(onnx_path.relative_to(store.folder).as_posix()),
+        loras=list(request.loras), refittable=build.refittable, weight_stripped=build.weight_stripped,
+        dtype=str(request.dtype).removeprefix("torch."), build_seconds=round(build.seconds, 2))
+    store.add(entry)
+    report_progress("done", 1.0)
+    return entry
