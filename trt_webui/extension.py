@@ -1,0 +1,162 @@
+"""The extension's state inside one WebUI process: engine store, build queue, dropdown options, runtime.
+
+Everything the tab, the API, the provider and the job check share goes through the one :data:`EXT`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from modules import call_queue, sd_unet, shared
+
+from trt_lib.backends import get_backend
+from trt_lib.errors import BackendUnavailableError, TrtError
+from trt_lib.families import Family, get_family
+from trt_lib.jobs import Job, JobQueue
+from trt_lib.pipeline import BuildRequest, build_engine
+from trt_lib.profiles import Profile
+from trt_lib.runtime import EngineRunner
+from trt_lib.store import EngineEntry, EngineStore, Problem, Runtime
+from trt_lib.unet_session import UnetSession
+
+from . import loaded_model, settings
+from .provider import OptionCache
+
+RunnerFactory = Callable[[EngineStore, EngineEntry], EngineRunner]
+
+
+def backend_runner(store: EngineStore, entry: EngineEntry) -> EngineRunner:
+    """Load ``entry`` with the backend that built it (the real TensorRT runtime)."""
+    family = get_family(entry.family)
+    return get_backend(entry.backend).load_runner(
+        store.engine_path(entry), family.input_names, family.output_name,
+        [family.engine_shapes(p) for p in entry.parsed_profiles], onnx_path=store.onnx_path(entry))
+
+
+class Extension:
+    """Shared state; ``runner_factory`` is swapped by tests for the ONNX Runtime stand-in."""
+
+    def __init__(self) -> None:
+        self.jobs = JobQueue(wrap=self._under_queue_lock)
+        self.options = OptionCache(self.open_session)
+        self.runner_factory: RunnerFactory = backend_runner
+        self._store: EngineStore | None = None
+        self._runtime: Runtime | None = None
+        self.discarded: list[str] = []
+
+    @staticmethod
+    def _under_queue_lock(fn: Callable[[], object]) -> object:
+        with call_queue.queue_lock:  # never build beside a generation on the same GPU
+            return fn()
+
+    # -- store and runtime ---------------------------------------------------------------------------
+
+    @property
+    def store(self) -> EngineStore:
+        folder = settings.engine_dir()
+        if self._store is None or self._store.folder != folder:
+            self._store = EngineStore(folder)
+            self.discarded = self._store.cleanup()
+            if self.discarded:
+                print(f"[TensorRT] removed unfinished files of an interrupted build: {', '.join(self.discarded)}")
+        return self._store
+
+    def runtime(self) -> Runtime | None:
+        """The backend and GPU engines must match; None when the backend cannot be loaded here."""
+        try:
+            backend = get_backend(settings.backend())
+            return Runtime(backend.name, backend.version(), _gpu_capability())
+        except BackendUnavailableError:
+            return None
+
+    def backend_problem(self) -> str:
+        """Why the selected backend cannot be used here, with the fix; "" when it can."""
+        try:
+            get_backend(settings.backend()).version()
+        except BackendUnavailableError as e:
+            return str(e)
+        return ""
+
+    def engines_for(self, checkpoint: str, family: Family | None = None) -> list[EngineEntry]:
+        """Usable engines of ``checkpoint`` (optionally of one family) for the selected backend and GPU."""
+        runtime = self.runtime()
+        if runtime is None:
+            return []
+        return [e for e in self.store.usable(runtime)
+                if e.checkpoint == checkpoint and (family is None or e.family == family.name) and not e.loras]
+
+    def problems(self) -> list[Problem]:
+        return self.store.problems(self.runtime())
+
+    # -- sd_unet --------------------------------------------------------------------------------------
+
+    def list_unets(self, unet_list: list) -> None:
+        """on_list_unets callback: an option for each checkpoint that has a usable engine."""
+        try:
+            runtime = self.runtime()
+            entries = self.store.usable(runtime) if runtime else []
+        except TrtError as e:
+            print(f"[TensorRT] engine list unavailable: {e}")
+            return
+        names = sorted({e.checkpoint for e in entries if not e.loras})
+        unet_list.extend(self.options.options(names))
+
+    def refresh_unets(self) -> None:
+        sd_unet.list_unets()
+
+    def open_session(self, checkpoint: str) -> UnetSession:
+        entries = self.engines_for(checkpoint)
+        if not entries:
+            raise TrtError(f"no usable engine for {checkpoint}: " + "; ".join(
+                p.reason for p in self.problems()) or "build one in the TensorRT tab")
+        family = get_family(entries[0].family)
+        store = self.store
+        return UnetSession(entries, family, checkpoint, lambda entry: self.runner_factory(store, entry))
+
+    # -- builds ---------------------------------------------------------------------------------------
+
+    def submit_build(self, profiles: list[Profile], loras: list[dict] | None = None) -> Job:
+        """Queue an engine build for the loaded checkpoint; bad input is refused before anything is queued."""
+        model = loaded_model.current()
+        request = BuildRequest(model.checkpoint, model.hash, model.family, profiles, backend=settings.backend(),
+                               compute_capability=settings.compute_capability(), loras=list(loras or []))
+        request.validate()
+        get_backend(request.backend).version()  # refuse now, with the fix, if the backend is missing
+        store = self.store
+
+        def run(job: Job) -> EngineEntry:
+            if loaded_model.checkpoint_name() != model.checkpoint:
+                raise TrtError(f"the checkpoint changed to {loaded_model.checkpoint_name()} before the build "
+                               f"of {model.checkpoint} started; build again")
+            with loaded_model.pytorch_unet() as unet:
+                entry = build_engine(unet, request, store, progress=job.report, cancel=job.cancel,
+                                     device=next(unet.parameters()).device)
+            self.refresh_unets()
+            return entry
+
+        return self.jobs.submit(f"{model.checkpoint}: " + "; ".join(p.label() for p in profiles), run)
+
+    def delete(self, engine_id: str) -> EngineEntry:
+        """Delete an engine; one in use is unloaded first (the PyTorch UNet takes over)."""
+        entry = self.store.get(engine_id)
+        option = sd_unet.current_unet_option
+        if option is not None and getattr(option, "model_name", None) == entry.checkpoint:
+            sd_unet.apply_unet("None")
+        removed = self.store.remove(engine_id)
+        self.refresh_unets()
+        if option is not None and shared.sd_model is not None:
+            sd_unet.apply_unet()
+        return removed
+
+
+def _gpu_capability() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+EXT = Extension()
+

@@ -1,0 +1,61 @@
+""""Will my settings work?": which engine covers a planned generation, or what to build for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modules import shared
+
+from trt_lib.errors import NoProfileError
+from trt_lib.job_shapes import JobSpec, Pass, unet_calls
+from trt_lib.matching import plan
+from trt_lib.profiles import TOKENS_PER_CHUNK
+
+from . import loaded_model
+from .extension import EXT
+
+
+@dataclass(frozen=True)
+class FitQuestion:
+    width: int
+    height: int
+    batch_size: int = 1
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    prompt_tokens: int = 75
+    negative_tokens: int = 75
+
+
+@dataclass(frozen=True)
+class FitAnswer:
+    covered: bool
+    message: str
+    engines: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"covered": self.covered, "message": self.message, "engines": list(self.engines)}
+
+
+def _chunks(tokens: int) -> int:
+    """Prompt tokens as the WebUI pads them: up to the next multiple of 75, at least 75."""
+    return max(1, -(-int(tokens) // TOKENS_PER_CHUNK)) * TOKENS_PER_CHUNK
+
+
+def check_fit(q: FitQuestion) -> FitAnswer:
+    """Answer for the loaded checkpoint, with the WebUI's own CFG batching settings."""
+    model = loaded_model.current()
+    cond, uncond = _chunks(q.prompt_tokens), _chunks(q.negative_tokens)
+    passes = [Pass(q.width, q.height, cond, uncond)]
+    if q.enable_hr:
+        passes.append(Pass(int(q.width * q.hr_scale), int(q.height * q.hr_scale), cond, uncond))
+    opts = shared.opts
+    spec = JobSpec(q.batch_size, tuple(passes), batch_cond_uncond=bool(opts.batch_cond_uncond),
+                   pad_cond_uncond=bool(opts.pad_cond_uncond), pad_cond_uncond_v0=bool(opts.pad_cond_uncond_v0),
+                   skips_uncond=bool(getattr(opts, "skip_early_cond", 0)))
+    try:
+        chosen = plan(EXT.engines_for(model.checkpoint, model.family), unet_calls(spec), model.family, model.title)
+    except NoProfileError as e:
+        return FitAnswer(False, str(e))
+    ids = tuple(sorted({c.entry.id for c in chosen.values()}))
+    return FitAnswer(True, f"Covered by {', '.join(ids)}.", ids)

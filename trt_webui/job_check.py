@@ -1,0 +1,110 @@
+"""Before sampling starts, work out every UNet call shape of the job and make sure an engine covers each.
+
+Runs from the always-on script's ``process_before_every_sampling``, when the conditionings exist and the
+hires size is known: before the first pass it checks both passes (with the first pass's prompt lengths),
+before the hires pass that pass again with its own prompts. The WebUI reports and swallows exceptions raised in script
+hooks, so a rejection is handed to the active engine, which raises it at the job's first UNet call (before
+any work); "fall back" switches this job to the PyTorch UNet instead and ``postprocess`` switches back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modules import sd_unet, shared
+
+from trt_lib.errors import NoProfileError, TrtError
+from trt_lib.job_shapes import JobSpec, Pass, unet_calls
+from trt_lib.matching import plan
+from trt_lib.profiles import TOKENS_PER_CHUNK, tokens_for_context
+
+from . import loaded_model, settings
+from .provider import TrtUnet
+
+FELL_BACK = "_trt_fell_back"
+
+
+def before_sampling(p: Any, engines_for: Any, c: Any = None, uc: Any = None) -> None:
+    """Check the whole job once; reject (via the engine) or fall back as the settings say."""
+    unet = sd_unet.current_unet
+    if not isinstance(unet, TrtUnet):
+        return
+    try:
+        model = loaded_model.current()
+        if model.checkpoint != unet.option.model_name:
+            return  # another checkpoint's PyTorch UNet runs (see TrtUnet.forward)
+        spec = job_spec(p, c, uc)
+        plan(engines_for(model.checkpoint, model.family), unet_calls(spec), model.family, model.title)
+    except TrtError as e:
+        reject(p, unet, e)
+
+
+def reject(p: Any, unet: TrtUnet, error: TrtError) -> None:
+    if settings.falls_back():
+        reason = str(error).splitlines()[1] if isinstance(error, NoProfileError) else str(error)
+        print(f"[TensorRT] using the PyTorch UNet for this job: {error}")
+        p.extra_generation_params["TensorRT"] = f"PyTorch UNet used ({reason.lstrip('- ')})"
+        setattr(p, FELL_BACK, True)
+        sd_unet.apply_unet("None")
+    else:
+        unet.pending = error
+
+
+def after_job(p: Any) -> None:
+    """Put the engine back after a job that fell back to PyTorch."""
+    if getattr(p, FELL_BACK, False):
+        setattr(p, FELL_BACK, False)
+        sd_unet.apply_unet()
+
+
+def job_spec(p: Any, c: Any, uc: Any) -> JobSpec:
+    """The shapes-relevant facts of a job, from the processing object, its conds and the settings."""
+    opts = shared.opts
+    hires = getattr(p, "is_hr_pass", False)
+    steps = int((getattr(p, "hr_second_pass_steps", 0) if hires else 0) or getattr(p, "steps", 20) or 20)
+    if c is not None and uc is not None:
+        lengths = context_pairs(c, uc, steps)
+    else:
+        lengths = {(prompt_tokens(p), prompt_tokens(p, negative=True))}
+    sizes = [] if hires else [(p.width, p.height)]
+    if hires or (getattr(p, "enable_hr", False) and not getattr(p, "is_img2img", False)):
+        sizes.append((p.hr_upscale_to_x, p.hr_upscale_to_y))
+    passes = tuple(Pass(w, h, cond, uncond) for w, h in sizes for cond, uncond in sorted(lengths))
+    return JobSpec(
+        batch_size=p.batch_size,
+        passes=passes,
+        cond_repeats=max((len(per_image) for per_image in c.batch), default=1) if c is not None else 1,
+        batch_cond_uncond=bool(getattr(opts, "batch_cond_uncond", True)),
+        pad_cond_uncond=bool(getattr(opts, "pad_cond_uncond", False)),
+        pad_cond_uncond_v0=bool(getattr(opts, "pad_cond_uncond_v0", False)),
+        skips_uncond=(getattr(p, "s_min_uncond", 0) or 0) > 0 or (getattr(opts, "skip_early_cond", 0) or 0) > 0,
+    )
+
+
+def context_pairs(c: Any, uc: Any, steps: int) -> set[tuple[int, int]]:
+    """(cond, uncond) prompt tokens at every step, read off the WebUI's scheduled conditionings
+    (prompt_parser.MulticondLearnedConditioning and lists of ScheduledPromptConditioning), the way
+    ``reconstruct_multicond_batch``/``reconstruct_cond_batch`` pick them per step."""
+    pairs = set()
+    for step in range(steps + 1):
+        cond = max(_rows(_at(s.schedules, step)) for per_image in c.batch for s in per_image)
+        uncond = max(_rows(_at(schedules, step)) for schedules in uc)
+        pairs.add((tokens_for_context(cond), tokens_for_context(uncond)))
+    return pairs
+
+
+def _at(schedules: list, step: int) -> Any:
+    return next((s.cond for s in schedules if step <= s.end_at_step), schedules[0].cond)
+
+
+def _rows(cond: Any) -> int:
+    return int((cond["crossattn"] if isinstance(cond, dict) else cond).shape[0])
+
+
+def prompt_tokens(p: Any, negative: bool = False) -> int:
+    """Longest prompt of the job in tokens (75·k), counted by the WebUI's own tokenizer."""
+    from modules import sd_hijack
+
+    texts = p.all_negative_prompts if negative else p.all_prompts
+    targets = [sd_hijack.model_hijack.get_prompt_lengths(t)[1] for t in set(texts or [""])]
+    return max([t for t in targets if isinstance(t, int)] or [TOKENS_PER_CHUNK])

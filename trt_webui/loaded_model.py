@@ -1,0 +1,70 @@
+"""What the WebUI has loaded: checkpoint, family and UNet, read the same way by the tab, the API and the
+provider."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from modules import devices, sd_unet, shared
+
+from trt_lib.errors import FamilyError, TrtError
+from trt_lib.families import Family, detect_family, unet_traits
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The loaded checkpoint as the extension names it."""
+
+    checkpoint: str
+    """The WebUI's ``model_name`` (subfolders flattened); what "Automatic" matches options by."""
+    title: str
+    hash: str
+    family: Family
+
+
+class NoModelError(TrtError):
+    status_code = 409
+
+
+def current() -> LoadedModel:
+    """The loaded checkpoint and its family; :class:`NoModelError` or :class:`FamilyError` explain otherwise."""
+    model = shared.sd_model
+    info = getattr(model, "sd_checkpoint_info", None)
+    if model is None or info is None:
+        raise NoModelError("no checkpoint is loaded; pick one in the checkpoint dropdown first")
+    unet = model.model.diffusion_model
+    prediction = "v" if getattr(model, "parameterization", "eps") == "v" else "eps"
+    try:
+        family = detect_family(unet_traits(unet, prediction))
+    except FamilyError as e:
+        raise FamilyError(f"{info.title}: {e}") from e
+    return LoadedModel(info.model_name, info.title, info.sha256 or info.shorthash or info.hash or "", family)
+
+
+def checkpoint_name() -> str | None:
+    """The loaded checkpoint's ``model_name``, cheaply, for per-call checks."""
+    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    return info.model_name if info is not None else None
+
+
+@contextmanager
+def pytorch_unet() -> Iterator[torch.nn.Module]:
+    """The loaded PyTorch UNet on the GPU with no engine active, for exporting; the previous sd_unet
+    state comes back afterwards. An active engine would otherwise receive the export's calls."""
+    was = sd_unet.current_unet_option
+    if was is not None:
+        sd_unet.apply_unet("None")
+    unet = shared.sd_model.model.diffusion_model
+    device = next(unet.parameters()).device
+    if device != devices.device:
+        unet.to(devices.device)
+    try:
+        yield unet
+    finally:
+        if device != devices.device:
+            unet.to(device)
+        if was is not None:
+            sd_unet.apply_unet()

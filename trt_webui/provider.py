@@ -1,0 +1,108 @@
+"""The sd_unet provider: one "[TRT] <checkpoint>" option per checkpoint that has engines.
+
+The WebUI compares options by identity and calls ``create_unet()``/``activate()`` after it has already
+moved the PyTorch UNet away, so options are cached and neither method ever raises: a problem found there
+is kept and raised, clearly, by the first ``forward``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from modules import devices, sd_unet, shared
+
+from trt_lib.errors import TrtError
+from trt_lib.unet_session import UnetSession
+
+from . import loaded_model
+
+LABEL_PREFIX = "[TRT] "
+
+
+class CheckpointMismatchError(TrtError):
+    status_code = 409
+
+
+class TrtUnetOption(sd_unet.SdUnetOption):
+    """Dropdown entry for the engines of one checkpoint."""
+
+    def __init__(self, checkpoint: str, open_session: Callable[[str], UnetSession]) -> None:
+        self.model_name = checkpoint
+        self.label = LABEL_PREFIX + checkpoint
+        self._open_session = open_session
+
+    def create_unet(self) -> TrtUnet:
+        return TrtUnet(self)
+
+
+class TrtUnet(sd_unet.SdUnet):
+    """Runs the checkpoint's engines in place of its PyTorch UNet."""
+
+    def __init__(self, option: TrtUnetOption) -> None:
+        super().__init__()
+        self.option = option
+        self.session: UnetSession | None = None
+        self.error: Exception | None = None
+        self.pending: Exception | None = None
+        """Set by the job check to stop this job at its first UNet call, before any work is done."""
+        self._warned_other = False
+
+    def activate(self) -> None:
+        try:
+            self.session = self.option._open_session(self.option.model_name)
+        except Exception as e:  # never raise here: the WebUI would be left without a UNet
+            self.error = e
+            print(f"[TensorRT] {self.option.label} cannot be used: {e}")
+
+    def deactivate(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        devices.torch_gc()
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *args,
+                **kwargs) -> torch.Tensor:
+        if self.pending is not None:
+            error, self.pending = self.pending, None
+            raise error
+        if self.session is None:
+            raise self.error if isinstance(self.error, TrtError) else TrtError(
+                f"{self.option.label} could not be loaded: {self.error}")
+        if loaded_model.checkpoint_name() != self.option.model_name:
+            return self._other_checkpoint(x, timesteps, context, *args, **kwargs)
+        return self.session(x, timesteps, context, kwargs.get("y"))
+
+
+    def _other_checkpoint(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *args,
+                          **kwargs) -> torch.Tensor:
+        """The refiner (or a hires checkpoint) was loaded mid-job without re-applying sd_unet: run its own
+        PyTorch UNet, which the fresh load put on the GPU, instead of engines built for another model."""
+        unet = shared.sd_model.model.diffusion_model
+        if next(unet.parameters()).device != x.device:
+            raise CheckpointMismatchError(
+                f"{self.option.label} holds engines for {self.option.model_name}, but "
+                f"{loaded_model.checkpoint_name()} is loaded now. Choose 'Automatic' for sd_unet, or build "
+                "engines for that checkpoint too.")
+        if not self._warned_other:
+            print(f"[TensorRT] {loaded_model.checkpoint_name()} has no engine here; running its PyTorch UNet")
+            self._warned_other = True
+        sd_unet.current_unet = None  # the patched UNet forward would call back into this object otherwise
+        try:
+            return unet(x, timesteps, context, *args, **kwargs)
+        finally:
+            sd_unet.current_unet = self
+
+
+class OptionCache:
+    """Keeps one option object per checkpoint so that refreshing the list never reloads an active engine."""
+
+    def __init__(self, open_session: Callable[[str], UnetSession]) -> None:
+        self._open_session = open_session
+        self._options: dict[str, TrtUnetOption] = {}
+
+    def options(self, checkpoints: list[str]) -> list[TrtUnetOption]:
+        for name in checkpoints:
+            if name not in self._options:
+                self._options[name] = TrtUnetOption(name, self._open_session)
+        return [self._options[name] for name in checkpoints]

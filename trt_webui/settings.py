@@ -1,0 +1,64 @@
+"""The "TensorRT" settings section and typed access to it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gradio as gr
+from modules import paths, shared
+
+from trt_lib.install_plan import BACKEND_LABELS
+
+EXTENSION_DIR = Path(__file__).resolve().parent.parent
+SECTION = ("tensorrt", "TensorRT")
+ON_UNCOVERED = {"raise": "Stop with a message that says which engine to build",
+                "fallback": "Use the PyTorch UNet for that job"}
+
+
+def default_engine_dir() -> str:
+    return os.path.join(paths.models_path, "Unet-trt")
+
+
+def register() -> None:
+    """Add the settings (on_ui_settings callback)."""
+    options = {
+        "trt_backend": shared.OptionInfo(
+            "tensorrt", "Backend that builds and runs engines", gr.Radio,
+            {"choices": list(BACKEND_LABELS)}).info(
+            "tensorrt = TensorRT 10 (any NVIDIA GPU it supports); tensorrt_rtx = TensorRT for RTX (GeForce RTX "
+            "20 series and later, small download, engines built per GPU). Restart after changing: install.py "
+            "installs the chosen one."),
+        "trt_on_uncovered": shared.OptionInfo(
+            "raise", "When no engine covers a generation (size, batch, hires fix, prompt length)", gr.Radio,
+            {"choices": list(ON_UNCOVERED)}).info(
+            "raise: stop before the first step and say which engine to build; fallback: run that job on the "
+            "PyTorch UNet and switch back afterwards"),
+        "trt_engine_dir": shared.OptionInfo(
+            default_engine_dir(), "Folder for engines and their manifest").info("restart after changing"),
+        "trt_compute_capability": shared.OptionInfo(
+            "", "Build for compute capability (TensorRT for RTX only, e.g. 8.9); empty = this GPU").info(
+            "lets you build on one machine for another GPU"),
+        "trt_quicksettings_hint": shared.OptionHTML(
+            "Add <code>sd_unet</code> to <b>Settings → User interface → Quicksettings list</b> to switch "
+            "between engines ([TRT] …) and the PyTorch UNet from the top of the page."),
+    }
+    for key, info in shared.options_section(SECTION, options).items():
+        shared.opts.add_option(key, info)
+
+
+def engine_dir() -> Path:
+    return Path(getattr(shared.opts, "trt_engine_dir", "") or default_engine_dir())
+
+
+def backend() -> str:
+    value = getattr(shared.opts, "trt_backend", "tensorrt")
+    return value if value in BACKEND_LABELS else "tensorrt"
+
+
+def falls_back() -> bool:
+    return getattr(shared.opts, "trt_on_uncovered", "raise") == "fallback"
+
+
+def compute_capability() -> str | None:
+    return (getattr(shared.opts, "trt_compute_capability", "") or "").strip() or None

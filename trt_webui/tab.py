@@ -1,0 +1,174 @@
+"""The TensorRT tab: build engines for the loaded checkpoint, watch and cancel builds, list and delete
+engines, and check whether planned settings are covered."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gradio as gr
+
+from trt_lib.errors import TrtError
+from trt_lib.install_plan import BACKEND_LABELS, InstallStatus
+from trt_lib.profiles import DIMENSIONS, Profile
+
+from . import loaded_model, settings
+from .extension import EXT
+from .fit_check import FitQuestion, check_fit
+
+INSTALL_STATUS = settings.EXTENSION_DIR / "install-status.json"
+CUSTOM = "Custom (advanced)"
+ENGINE_COLUMNS = ["id", "checkpoint", "family", "profiles", "LoRAs", "backend", "MB", "created", "status"]
+
+
+def status_markdown() -> str:
+    """Loaded checkpoint, its family, and whether the backend works (with the fix when it does not)."""
+    lines = []
+    try:
+        model = loaded_model.current()
+        lines.append(f"**Checkpoint:** {model.title} &nbsp; **Family:** {model.family.label}")
+    except TrtError as e:
+        lines.append(f"**Checkpoint:** {e}")
+    backend = settings.backend()
+    runtime = EXT.runtime()
+    if runtime is None:
+        lines.append(f"**{BACKEND_LABELS[backend]} is not available**: {EXT.backend_problem()}")
+    else:
+        lines.append(f"**Backend:** {BACKEND_LABELS[backend]} {runtime.backend_version}"
+                     + (f", GPU compute capability {runtime.compute_capability}" if runtime.compute_capability else ""))
+    status = InstallStatus.read(INSTALL_STATUS)
+    for name, why in (status.failed.items() if status else []):
+        lines.append(f"**install.py could not install {name}:** {why}")
+    if EXT.discarded:
+        lines.append("Removed unfinished files of an interrupted build: " + ", ".join(EXT.discarded))
+    return "\n\n".join(lines)
+
+
+def preset_choices() -> list[str]:
+    try:
+        return [p.label for p in loaded_model.current().family.presets] + [CUSTOM]
+    except TrtError:
+        return [CUSTOM]
+
+
+def profile_from(preset_label: str, *values: float) -> Profile:
+    """The preset chosen, or the custom min/opt/max fields (batch, height, width, tokens in that order)."""
+    if preset_label != CUSTOM:
+        family = loaded_model.current().family
+        return next(p.profile for p in family.presets if p.label == preset_label)
+    ranges = {d: [int(v) for v in values[i * 3:i * 3 + 3]] for i, d in enumerate(DIMENSIONS)}
+    return Profile.from_dict(ranges)
+
+
+def validate(preset_label: str, *values: float) -> str:
+    """Shown as the user types: every problem of the profile, or what the engine will accept."""
+    try:
+        profile = profile_from(preset_label, *values)
+        family = loaded_model.current().family
+    except TrtError as e:
+        return f"⚠ {e}"
+    problems = profile.problems(family)
+    if problems:
+        return "⚠ " + "; ".join(problems)
+    return (f"✓ {profile.label()} — about {family.memory_estimate_gb(profile):.1f} GB of GPU memory at the "
+            "largest size")
+
+
+def build(preset_label: str, *values: Any, progress: gr.Progress = gr.Progress()) -> tuple[str, str, list]:  # noqa: B008
+    try:
+        job = EXT.submit_build([profile_from(preset_label, *values)])
+    except TrtError as e:
+        return f"⚠ {e}", "", engine_rows()
+    while job.state in ("queued", "running"):
+        progress(job.progress, desc=job.stage or job.state)
+        time.sleep(0.25)
+    text = {"done": "✓ Engine built: ", "cancelled": "Cancelled: ", "failed": "⚠ Build failed: "}[job.state]
+    detail = job.result.id if job.finished_ok else job.message
+    return text + detail, job.id, engine_rows()
+
+
+def cancel(job_id: str) -> str:
+    for job in EXT.jobs.jobs():
+        if job.state in ("queued", "running") and (not job_id or job.id == job_id):
+            EXT.jobs.cancel(job.id)
+            return "Cancelling… nothing half-written is kept."
+    return "No build is running."
+
+
+def engine_rows() -> list[list[Any]]:
+    try:
+        problems = {p.entry_id: p.reason for p in EXT.problems()}
+        entries = EXT.store.entries()
+    except TrtError as e:
+        return [["", "", "", str(e), "", "", "", "", "error"]]
+    return [[e.id, e.checkpoint, e.family, "; ".join(p.label() for p in e.parsed_profiles), e.lora_label,
+             f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1), e.created,
+             problems.get(e.id, "ok")] for e in entries]
+
+
+def delete(engine_id: str) -> tuple[str, list]:
+    try:
+        EXT.delete(engine_id.strip())
+        return f"Deleted {engine_id}.", engine_rows()
+    except TrtError as e:
+        return f"⚠ {e}", engine_rows()
+
+
+def fit(width: float, height: float, batch: float, hires: bool, scale: float, tokens: float,
+        negative: float) -> str:
+    try:
+        return check_fit(FitQuestion(int(width), int(height), int(batch), hires, float(scale), int(tokens),
+                                     int(negative))).message
+    except TrtError as e:
+        return f"⚠ {e}"
+
+
+def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
+    with gr.Blocks(analytics_enabled=False) as ui:
+        status = gr.Markdown(status_markdown)
+        with gr.Row():
+            with gr.Column():
+                preset = gr.Dropdown(preset_choices(), value=preset_choices()[0], label="Profile preset",
+                                     elem_id="trt_preset")
+                with gr.Accordion("Custom profile (min / opt / max)", open=False):
+                    fields = []
+                    defaults = {"batch": (1, 1, 4), "height": (512, 512, 768), "width": (512, 512, 768),
+                                "tokens": (75, 75, 150)}
+                    for dim in DIMENSIONS:
+                        with gr.Row():
+                            fields += [gr.Number(v, label=f"{dim} {part}", precision=0)
+                                       for v, part in zip(defaults[dim], ("min", "opt", "max"))]
+                check = gr.Markdown(elem_id="trt_profile_check")
+                with gr.Row():
+                    build_button = gr.Button("Export and build engine", variant="primary", elem_id="trt_build")
+                    cancel_button = gr.Button("Cancel", elem_id="trt_cancel")
+                result = gr.Markdown(elem_id="trt_result")
+                job_id = gr.Textbox(visible=False)
+            with gr.Column():
+                gr.Markdown("### Will my settings work?")
+                with gr.Row():
+                    fw, fh = gr.Number(512, label="width", precision=0), gr.Number(512, label="height", precision=0)
+                    fb = gr.Number(1, label="batch size", precision=0)
+                with gr.Row():
+                    fhr, fsc = gr.Checkbox(False, label="hires fix"), gr.Number(2.0, label="upscale by")
+                with gr.Row():
+                    ft = gr.Number(75, label="prompt tokens", precision=0)
+                    fn = gr.Number(75, label="negative tokens", precision=0)
+                fit_button, fit_answer = gr.Button("Check"), gr.Markdown()
+        gr.Markdown("### Engines")
+        engines = gr.Dataframe(engine_rows, headers=ENGINE_COLUMNS, interactive=False, wrap=True)
+        with gr.Row():
+            engine_id = gr.Textbox(label="Engine id to delete", elem_id="trt_delete_id")
+            delete_button, refresh_button = gr.Button("Delete engine"), gr.Button("Refresh")
+        deleted = gr.Markdown()
+
+        for component in [preset, *fields]:
+            component.change(validate, [preset, *fields], check)
+        build_button.click(build, [preset, *fields], [result, job_id, engines]).then(
+            None, _js="trtRefreshUnetList")
+        cancel_button.click(cancel, job_id, result)
+        delete_button.click(delete, engine_id, [deleted, engines]).then(None, _js="trtRefreshUnetList")
+        refresh_button.click(lambda: (engine_rows(), status_markdown(), gr.update(choices=preset_choices())),
+                             None, [engines, status, preset])
+        fit_button.click(fit, [fw, fh, fb, fhr, fsc, ft, fn], fit_answer)
+    return [(ui, "TensorRT", "tensorrt")]
