@@ -142,7 +142,8 @@ class Family:
             found.append(f"batch: {profile.batch.max} is over {self.label}'s limit of {lim['max_batch']}")
         if found and (profile.height.max > lim["max_size"] or profile.width.max > lim["max_size"]
                       or profile.batch.max > lim["max_batch"]):
-            found.append(f"an engine this large would need about {self.memory_estimate_gb(profile):.0f} GB of GPU memory")
+            estimate = self.memory_estimate_gb(profile)
+            found.append(f"an engine this large would need about {estimate:.0f} GB of GPU memory")
         return found
 
     def memory_estimate_gb(self, profile: Profile) -> float:

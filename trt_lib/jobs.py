@@ -6,6 +6,7 @@ caller only submits and polls.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -109,7 +110,7 @@ class JobQueue:
                 continue
             job.state = "running"
             try:
-                job.result = self._wrap(lambda: job.fn(job))
+                job.result = self._wrap(functools.partial(job.fn, job))
                 self._finish(job, "done", "finished")
             except BuildCancelled as e:
                 self._finish(job, "cancelled", str(e))

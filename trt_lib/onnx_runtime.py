@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import EngineRunError
 from .runtime import EngineProfile, EngineRunner
+
+if TYPE_CHECKING:
+    from .store import EngineEntry, EngineStore
 
 
 class OnnxRuntimeRunner(EngineRunner):
@@ -51,3 +55,15 @@ class OnnxRuntimeRunner(EngineRunner):
             arrays[name] = tensor.to("cpu", want).contiguous().numpy()
         (out,) = self._session.run([self.output_name], arrays)
         return torch.from_numpy(out).to(first.device, first.dtype)
+
+
+def stand_in_runner(store: EngineStore, entry: EngineEntry) -> OnnxRuntimeRunner:
+    """The stand-in for ``entry``: its own ONNX export, limited to its own profiles."""
+    from .families import get_family
+
+    family = get_family(entry.family)
+    onnx = store.onnx_path(entry)
+    if onnx is None:
+        raise EngineRunError(f"engine {entry.id} has no ONNX export recorded")
+    return OnnxRuntimeRunner(onnx, family.input_names, family.output_name,
+                             [family.engine_shapes(p) for p in entry.parsed_profiles])

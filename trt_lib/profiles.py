@@ -114,7 +114,8 @@ class UnetCall:
         return cls(int(batch), int(h), int(w), int(list(context_shape)[1]))
 
     def __str__(self) -> str:
-        return f"batch {self.batch}, {self.width}x{self.height} px, {self.context_len} context rows ({self.tokens} tokens)"
+        return (f"batch {self.batch}, {self.width}x{self.height} px, "
+                f"{self.context_len} context rows ({self.tokens} tokens)")
 
 
 @dataclass(frozen=True)
