@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from trt_lib.install_plan import InstallStatus, install
 
 
@@ -27,6 +29,7 @@ def test_nothing_to_do_when_all_present(tmp_path):
     assert calls == [] and status.installed == [] and status.failed == {}
 
 
+@pytest.mark.catalogue("install")
 def test_missing_packages_are_installed_without_touching_protobuf(tmp_path):
     status, calls = run(tmp_path, ALL - {"onnx", "tensorrt_rtx_cu12"})
     assert calls == ["install --no-deps onnx>=1.14", "install tensorrt-rtx-cu12"]
@@ -34,6 +37,7 @@ def test_missing_packages_are_installed_without_touching_protobuf(tmp_path):
     assert InstallStatus.read(tmp_path / "status.json") == status
 
 
+@pytest.mark.catalogue("install")
 def test_failed_install_is_recorded_with_the_fix_and_the_rest_goes_on(tmp_path):
     status, calls = run(tmp_path, ALL - {"tensorrt_cu12", "polygraphy"}, fail={"tensorrt-cu12"}, backend="tensorrt")
     assert status.installed == ["polygraphy"]
@@ -42,6 +46,7 @@ def test_failed_install_is_recorded_with_the_fix_and_the_rest_goes_on(tmp_path):
     assert json.loads((tmp_path / "status.json").read_text())["failed"]
 
 
+@pytest.mark.catalogue("install")
 def test_unreadable_status_file_reads_as_none(tmp_path):
     (tmp_path / "status.json").write_text("{broken")
     assert InstallStatus.read(tmp_path / "status.json") is None

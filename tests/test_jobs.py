@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from trt_lib.errors import BuildCancelled, BuildError
 from trt_lib.jobs import Job, JobQueue
 
@@ -31,6 +33,7 @@ def test_jobs_run_one_at_a_time_in_order_with_progress():
     assert all(j.state == "done" and j.progress == 1.0 for j in done) and done[2].result == 2
 
 
+@pytest.mark.catalogue("interruptions")
 def test_cancel_a_running_and_a_queued_job():
     started, release = threading.Event(), threading.Event()
 
@@ -50,6 +53,7 @@ def test_cancel_a_running_and_a_queued_job():
     assert not q.cancel(first.id) and not q.busy()
 
 
+@pytest.mark.catalogue("interruptions")
 def test_failures_are_reported_and_the_worker_goes_on():
     q = JobQueue()
 

@@ -24,6 +24,7 @@ def entry(engine_id: str, *profiles: Profile, created: str = "2026-01-01T00:00:0
                        ["8.9"], f"{engine_id}.engine", 1, created=created)
 
 
+@pytest.mark.catalogue("profiles")
 @pytest.mark.parametrize("data, fragment", [
     ({"batch": [2, 1, 4], "height": 512, "width": 512, "tokens": 75}, "batch: needs min <= opt <= max"),
     ({"batch": [1, 4, 2], "height": 512, "width": 512, "tokens": 75}, "batch: needs min <= opt <= max"),
@@ -43,6 +44,7 @@ def test_invalid_profiles_name_the_problem(data, fragment):
     assert fragment in str(err.value)
 
 
+@pytest.mark.catalogue("profiles")
 @pytest.mark.parametrize("data", [
     {"batch": 1, "height": 512, "width": 512},
     {"batch": "1", "height": 512, "width": 512, "tokens": 75},
@@ -58,7 +60,8 @@ def test_malformed_profiles_are_refused(data):
 
 def test_every_family_preset_is_valid_and_has_a_default():
     families = load_families()
-    assert {"sd1", "sd1-inpaint", "sd2", "sd2-v", "sd2-inpaint", "sdxl", "sdxl-refiner", "sdxl-inpaint"} <= set(families)
+    expected = {"sd1", "sd1-inpaint", "sd2", "sd2-v", "sd2-inpaint", "sdxl", "sdxl-refiner", "sdxl-inpaint"}
+    assert expected <= set(families)
     for fam in families.values():
         for preset in fam.presets:
             preset.profile.validate(fam)
@@ -84,6 +87,7 @@ def test_families_are_detected_from_traits(traits, name):
     assert detect_family(traits).name == name
 
 
+@pytest.mark.catalogue("profiles")
 def test_unknown_family_is_a_clear_error():
     with pytest.raises(FamilyError, match="no model family matches .*in_channels=8"):
         detect_family(UnetTraits(8, 768))
@@ -122,6 +126,7 @@ DYN = profile([1, 1, 4], [512, 512, 768], [75, 75, 150])
 STATIC = profile(1, 512, 75)
 
 
+@pytest.mark.catalogue("sampling")
 @pytest.mark.parametrize("call, misses", [
     (UnetCall(2, 64, 64, 77), []),
     (UnetCall(1, 64, 64, 77), []),

@@ -17,7 +17,8 @@ from trt_lib.store import EngineEntry, EngineStore, Runtime, partial_path
 PROFILE = Profile.static(1, 512, 512).to_dict()
 
 
-def make_entry(store: EngineStore, checkpoint: str = "sub/model v1.safetensors", payload: bytes = b"engine") -> EngineEntry:
+def make_entry(store: EngineStore, checkpoint: str = "sub/model v1.safetensors",
+               payload: bytes = b"engine") -> EngineEntry:
     engine_id = store.new_id(checkpoint)
     store.folder.mkdir(parents=True, exist_ok=True)
     (store.folder / f"{engine_id}.engine").write_bytes(payload)
@@ -40,6 +41,7 @@ def test_manifest_round_trip(tmp_path):
     assert "LoRA a b:0.5" in again.label()
 
 
+@pytest.mark.catalogue("files")
 def test_missing_and_mismatched_engines_are_reported_not_used(tmp_path):
     store = EngineStore(tmp_path)
     gone, ok, short = (store.add(make_entry(store)) for _ in range(3))
@@ -54,6 +56,7 @@ def test_missing_and_mismatched_engines_are_reported_not_used(tmp_path):
     assert "selected backend is tensorrt" in store.unusable_reason(ok, Runtime("tensorrt", "10.8", "8.9"))
 
 
+@pytest.mark.catalogue("files")
 @pytest.mark.parametrize("content, fragment", [
     ("{not json", "cannot be read"),
     ('{"format": "sd-webui-tensorrt/engines", "version": 1, "engines": [', "cannot be read"),  # half-written
@@ -73,6 +76,7 @@ def test_bad_manifest_is_a_clear_error_and_left_as_it_was(tmp_path, content, fra
     assert after.pop("manifest.json") == before.pop("manifest.json")
 
 
+@pytest.mark.catalogue("files")
 def test_malformed_entry_is_reported_and_the_rest_still_listed(tmp_path):
     store = EngineStore(tmp_path)
     good = store.add(make_entry(store))
@@ -91,6 +95,7 @@ def _add_many(folder: str, n: int) -> None:
         store.add(make_entry(store, checkpoint=f"writer{os.getpid()}"))
 
 
+@pytest.mark.catalogue("files")
 def test_two_writers_lose_nothing(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_add_many, args=(str(tmp_path), 15)) for _ in range(2)]
@@ -116,6 +121,7 @@ def test_remove_deletes_entry_and_file_and_keeps_shared_onnx(tmp_path):
         store.remove(b.id)
 
 
+@pytest.mark.catalogue("interruptions")
 def test_cleanup_discards_partial_files_of_dead_writers_only(tmp_path):
     store = EngineStore(tmp_path)
     kept = store.add(make_entry(store))
@@ -127,6 +133,7 @@ def test_cleanup_discards_partial_files_of_dead_writers_only(tmp_path):
     assert mine.exists() and not dead.exists() and store.get(kept.id)
 
 
+@pytest.mark.catalogue("files")
 def test_permission_denied_is_a_clear_error_and_keeps_the_manifest(tmp_path, monkeypatch):
     store = EngineStore(tmp_path)
     first = store.add(make_entry(store))
@@ -143,19 +150,23 @@ def test_permission_denied_is_a_clear_error_and_keeps_the_manifest(tmp_path, mon
     assert not list(tmp_path.glob("manifest.json.partial*"))
 
 
+@pytest.mark.catalogue("names")
 @pytest.mark.parametrize("bad", ["", "../x", "a/b", "/abs", ".hidden", "a\x00b", "x" * 200, 5])
 def test_engine_ids_are_checked(bad):
     with pytest.raises(UnsafeNameError):
         check_id(bad)
 
 
-@pytest.mark.parametrize("name", ["sub/model.safetensors", "..\\..\\x.ckpt", "a b.c d.safetensors", "\u00e9t\u00e9", "x" * 300])
+@pytest.mark.catalogue("names")
+@pytest.mark.parametrize("name", ["sub/model.safetensors", "..\\..\\x.ckpt", "a b.c d.safetensors", "\u00e9t\u00e9",
+                                  "x" * 300])
 def test_file_stems_are_safe_and_distinct(name, tmp_path):
     stem = file_stem(name)
     assert inside(tmp_path, stem + ".engine").parent == tmp_path.resolve()
     assert len(stem) <= 64 and file_stem(name + "2") != stem
 
 
+@pytest.mark.catalogue("names")
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/../../x", "", "a\x00"])
 def test_paths_outside_the_folder_are_refused(tmp_path, bad):
     with pytest.raises(UnsafeNameError):

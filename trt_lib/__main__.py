@@ -20,6 +20,7 @@ from .onnx_runtime import stand_in_runner
 from .pipeline import BuildRequest, build_engine
 from .profiles import Profile, UnetCall, context_len
 from .store import EngineStore
+from .table import print_table
 from .tiny_unets import make_unet
 
 DEMO_PROFILE = {"batch": [1, 1, 2], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 150]}
@@ -63,14 +64,6 @@ def demo(family_name: str, folder: Path, compute_capability: str, dtype: torch.d
              ["ONNX", onnx.name if onnx else "-", f"{onnx_bytes / 2**20:.2f} MB"],
              ["store", str(store.folder), f"{len(store.entries())} engine(s)"]]
     return rows
-
-
-def print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def main() -> None:
