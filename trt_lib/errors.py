@@ -55,6 +55,13 @@ class BuildError(TrtError):
     status_code = 500
 
 
+class BuildTargetError(BuildError, ValueError):
+    """The chosen build target (GPU or compute capability) is not one the backend can build for: a setting
+    the user can change, hence 422 rather than a server error."""
+
+    status_code = 422
+
+
 class BuildCancelled(TrtError):
     """A build was cancelled by the user; nothing was written."""
 
