@@ -32,7 +32,7 @@ def test_nothing_to_do_when_all_present(tmp_path):
 @pytest.mark.catalogue("install")
 def test_missing_packages_are_installed_without_touching_protobuf(tmp_path):
     status, calls = run(tmp_path, ALL - {"onnx", "tensorrt_rtx_cu12"})
-    assert calls == ["install --no-deps onnx>=1.14", "install tensorrt-rtx-cu12"]
+    assert calls == ['install --no-deps "onnx>=1.14"', "install tensorrt-rtx-cu12"]
     assert status.installed == ["onnx", "tensorrt_rtx_cu12"]
     assert InstallStatus.read(tmp_path / "status.json") == status
 
@@ -42,7 +42,7 @@ def test_failed_install_is_recorded_with_the_fix_and_the_rest_goes_on(tmp_path):
     status, calls = run(tmp_path, ALL - {"tensorrt_cu12", "polygraphy"}, fail={"tensorrt-cu12"}, backend="tensorrt")
     assert status.installed == ["polygraphy"]
     assert "no network" in status.failed["tensorrt_cu12"]
-    assert "python -m pip install tensorrt-cu12>=10.0" in status.failed["tensorrt_cu12"]
+    assert 'python -m pip install "tensorrt-cu12>=10.0"' in status.failed["tensorrt_cu12"]
     assert json.loads((tmp_path / "status.json").read_text())["failed"]
 
 

@@ -57,17 +57,19 @@ def cuda_flavour() -> str:
 
 def requirements(backend: str, flavour: str) -> list[Requirement]:
     """Packages the extension needs with ``backend``. onnx goes in without dependencies because it would
-    otherwise upgrade the protobuf the WebUI pins."""
+    otherwise upgrade the protobuf the WebUI pins. Version specifiers are quoted: the WebUI runs pip through
+    a shell, where an unquoted ``>=`` is a redirection."""
     engine = {
-        "tensorrt": Requirement(f"tensorrt_{flavour}", f"install tensorrt-{flavour}>=10.0", "builds and runs engines"),
+        "tensorrt": Requirement(f"tensorrt_{flavour}", f'install "tensorrt-{flavour}>=10.0"',
+                                "builds and runs engines"),
         "tensorrt_rtx": Requirement(f"tensorrt_rtx_{flavour}", f"install tensorrt-rtx-{flavour}",
                                     "builds and runs engines on RTX GPUs"),
     }
     if backend not in engine:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(engine)}")
     return [
-        Requirement("onnx", "install --no-deps onnx>=1.14", "the UNet is exported to ONNX"),
-        Requirement("polygraphy", "install polygraphy>=0.49", "engine inspection and loading helpers"),
+        Requirement("onnx", 'install --no-deps "onnx>=1.14"', "the UNet is exported to ONNX"),
+        Requirement("polygraphy", 'install "polygraphy>=0.49"', "engine inspection and loading helpers"),
         Requirement("safetensors", "install safetensors", "reads LoRA files"),
         Requirement("filelock", "install filelock", "keeps the engine manifest safe with two writers"),
         engine[backend],

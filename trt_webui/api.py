@@ -115,6 +115,8 @@ def cancel_build(job_id: str) -> dict[str, bool]:
 
 def delete_engine(engine_id: str) -> dict[str, str]:
     try:
+        if engine_id not in {e.id for e in EXT.store.entries()}:
+            raise HTTPException(404, f"no engine {engine_id!r}")
         return {"deleted": EXT.delete(engine_id).id}
     except TrtError as e:
         raise _fail(e) from e

@@ -107,8 +107,8 @@ class Extension:
     def open_session(self, checkpoint: str) -> UnetSession:
         entries = self.engines_for(checkpoint)
         if not entries:
-            raise TrtError(f"no usable engine for {checkpoint}: " + "; ".join(
-                p.reason for p in self.problems()) or "build one in the TensorRT tab")
+            reasons = "; ".join(p.reason for p in self.problems()) or "build one in the TensorRT tab"
+            raise TrtError(f"no usable engine for {checkpoint}: {reasons}")
         family = get_family(entries[0].family)
         store = self.store
         return UnetSession(entries, family, checkpoint, lambda entry: self.runner_factory(store, entry))

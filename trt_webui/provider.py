@@ -24,6 +24,15 @@ class CheckpointMismatchError(TrtError):
     status_code = 409
 
 
+def for_api(error: TrtError) -> TrtError:
+    """Make the WebUI's API answer with the error's status and message: its middleware reads
+    ``status_code`` and ``detail`` from the exception's instance ``vars``, so class attributes would give
+    HTTP 500 with an empty detail."""
+    error.status_code = error.status_code
+    error.detail = str(error)
+    return error
+
+
 class TrtUnetOption(sd_unet.SdUnetOption):
     """Dropdown entry for the engines of one checkpoint."""
 
@@ -65,14 +74,16 @@ class TrtUnet(sd_unet.SdUnet):
                 **kwargs) -> torch.Tensor:
         if self.pending is not None:
             error, self.pending = self.pending, None
-            raise error
+            raise for_api(error)
         if self.session is None:
-            raise self.error if isinstance(self.error, TrtError) else TrtError(
-                f"{self.option.label} could not be loaded: {self.error}")
+            raise for_api(self.error if isinstance(self.error, TrtError) else TrtError(
+                f"{self.option.label} could not be loaded: {self.error}"))
         if loaded_model.checkpoint_name() != self.option.model_name:
             return self._other_checkpoint(x, timesteps, context, *args, **kwargs)
-        return self.session(x, timesteps, context, kwargs.get("y"))
-
+        try:
+            return self.session(x, timesteps, context, kwargs.get("y"))
+        except TrtError as e:
+            raise for_api(e) from None
 
     def _other_checkpoint(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *args,
                           **kwargs) -> torch.Tensor:

@@ -1,0 +1,179 @@
+"""The sd_unet provider end to end: WebUI jobs whose UNet calls run on engine entries (their real ONNX
+exports on the ONNX Runtime stand-in), compared call by call with the PyTorch UNet."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+SMALL = {"batch": [1, 1, 4], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 150]}
+LONG_PROMPT = " ".join(["word"] * 100)  # 100 tokens: two chunks, 154 context rows
+
+
+def record_calls(webui, monkeypatch) -> list[dict]:
+    """Every call the active engine receives, with its inputs and output."""
+    provider = webui.module("trt_webui.provider")
+    calls: list[dict] = []
+    forward = provider.TrtUnet.forward
+
+    def spy(self, x, timesteps, context, *args, **kwargs):
+        out = forward(self, x, timesteps, context, *args, **kwargs)
+        calls.append({"x": x.clone(), "t": timesteps.clone(), "context": context.clone(),
+                      "y": kwargs.get("y"), "args": args, "out": out.clone()})
+        return out
+
+    monkeypatch.setattr(provider.TrtUnet, "forward", spy)
+    return calls
+
+
+def assert_matches_pytorch(webui, calls: list[dict]) -> None:
+    unet = webui.unet()
+    for call in calls:
+        with torch.no_grad():
+            ref = type(unet).original_forward(unet, call["x"], call["t"], call["context"], y=call["y"])
+        assert call["out"].shape == ref.shape
+        assert torch.allclose(call["out"], ref, atol=1e-4, rtol=0), (call["out"] - ref).abs().max()
+
+
+def shapes(calls: list[dict]) -> list[tuple]:
+    return [(c["x"].shape[0], c["x"].shape[1], c["x"].shape[2], c["context"].shape[1]) for c in calls]
+
+
+@pytest.fixture
+def sd1(webui):
+    webui.add_checkpoint("sub/sd15 v1.safetensors", "sd1")
+    webui.load("sub/sd15 v1.safetensors")
+    webui.use_stand_in()
+    webui.add_engine("sub/sd15 v1.safetensors", "sd1", SMALL)
+    webui.sd_unet.list_unets()
+    return webui
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_automatic_runs_the_engine_and_matches_pytorch(sd1, monkeypatch, batch_size):
+    calls = record_calls(sd1, monkeypatch)
+    sd1.txt2img(prompt="a cat", negative_prompt="blurry", batch_size=batch_size, steps=2)
+    assert sd1.sd_unet.current_unet_option.label == "[TRT] sub_sd15 v1"
+    assert shapes(calls) == [(2 * batch_size, 4, 8, 77)] * 2  # cond and uncond in one call
+    assert not calls[0]["t"].eq(calls[0]["t"].round()).all(), "timesteps are fractional, as the WebUI sends"
+    assert_matches_pytorch(sd1, calls)
+
+
+def test_prompt_and_negative_of_different_lengths_are_separate_calls(sd1, monkeypatch):
+    calls = record_calls(sd1, monkeypatch)
+    sd1.txt2img(prompt=LONG_PROMPT, negative_prompt="blurry", steps=2)
+    assert shapes(calls) == [(1, 4, 8, 154), (1, 4, 8, 77)] * 2
+    assert_matches_pytorch(sd1, calls)
+
+
+@pytest.mark.parametrize(("options", "job", "expected"), [
+    ({"pad_cond_uncond": True}, {"prompt": LONG_PROMPT}, [(2, 4, 8, 154)] * 2),
+    ({"pad_cond_uncond_v0": True}, {"prompt": LONG_PROMPT}, [(2, 4, 8, 154)] * 2),
+    ({"batch_cond_uncond": False}, {"batch_size": 2}, [(2, 4, 8, 77)] * 4),
+    ({}, {"batch_size": 2, "prompt": LONG_PROMPT}, [(2, 4, 8, 154), (2, 4, 8, 77)] * 2),
+    ({}, {"prompt": "a cat AND a dog"}, [(3, 4, 8, 77)] * 2),
+    ({"skip_early_cond": 0.5}, {}, [(1, 4, 8, 77)] * 2),
+], ids=["pad", "pad-v0", "no-batch-cond-uncond", "batch-2-long-prompt", "AND", "skip-early-cfg"])
+def test_webui_batching_settings(sd1, monkeypatch, options, job, expected):
+    for key, value in options.items():
+        sd1.shared.opts.set(key, value)
+    calls = record_calls(sd1, monkeypatch)
+    sd1.txt2img(**{"prompt": "a cat", "negative_prompt": "blurry", "steps": 2, **job})
+    assert shapes(calls) == expected
+    assert_matches_pytorch(sd1, calls)
+
+
+def test_an_engine_that_cannot_load_fails_the_job_clearly(sd1):
+    (sd1.EXT.store.folder / "onnx").rename(sd1.EXT.store.folder / "moved")
+    with pytest.raises(Exception, match="has no ONNX export|cannot load") as caught:
+        sd1.txt2img(prompt="a cat", steps=2)
+    assert caught.value.status_code == 500 and sd1.errors.reported == []
+
+
+def test_hires_pass_and_negative_guidance_minimum_sigma(sd1, monkeypatch):
+    calls = record_calls(sd1, monkeypatch)
+    sd1.txt2img(prompt="a cat", steps=4, enable_hr=True, hr_scale=2.0, hr_second_pass_steps=2,
+                denoising_strength=0.6, s_min_uncond=100.0)
+    batches = [c["x"].shape[0] for c in calls]
+    sizes = [c["x"].shape[2] for c in calls]
+    assert batches[:4] == [2, 1, 2, 1]  # NGMS drops the uncond rows on odd steps
+    assert sizes[:4] == [8] * 4 and set(sizes[4:]) == {16} and len(calls) > 4
+    assert_matches_pytorch(sd1, calls)
+
+
+def test_sdxl_receives_y(webui, monkeypatch):
+    webui.add_checkpoint("xl/base.safetensors", "sdxl")
+    webui.load("xl/base.safetensors")
+    webui.use_stand_in()
+    webui.add_engine("xl/base.safetensors", "sdxl", SMALL)
+    webui.sd_unet.list_unets()
+    calls = record_calls(webui, monkeypatch)
+    webui.txt2img(prompt="a cat", steps=2, batch_size=2)
+    assert calls and all(c["y"] is not None and c["y"].shape == (4, 2816) for c in calls)
+    assert_matches_pytorch(webui, calls)
+
+
+def test_inpainting_unet_gets_nine_channels(webui, monkeypatch):
+    webui.add_checkpoint("inpaint.safetensors", "sd1-inpaint")
+    webui.load("inpaint.safetensors")
+    webui.use_stand_in()
+    webui.add_engine("inpaint.safetensors", "sd1-inpaint", SMALL)
+    webui.sd_unet.list_unets()
+    calls = record_calls(webui, monkeypatch)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    out = webui.img2img(prompt="a cat", steps=3, init_latent=torch.randn(1, 4, 8, 8), mask=mask)
+    assert calls and {c["x"].shape[1] for c in calls} == {9} and out.images[0].shape[1] == 4
+    assert_matches_pytorch(webui, calls)
+
+
+def test_uncovered_job_stops_before_the_first_step_naming_what_is_missing(webui, monkeypatch):
+    webui.add_checkpoint("sd15.safetensors", "sd1")
+    webui.load("sd15.safetensors")
+    webui.use_stand_in()
+    webui.add_engine("sd15.safetensors", "sd1", {"batch": 1, "height": 512, "width": 512, "tokens": 75})
+    webui.sd_unet.list_unets()
+    runs = []
+    monkeypatch.setattr(webui.EXT, "runner_factory", lambda *a: runs.append(a))
+    with pytest.raises(Exception) as caught:
+        webui.txt2img(prompt="a cat", steps=2, width=512, height=512, batch_size=2)
+    message = str(caught.value)
+    assert "batch 4 rows" in message and "is over the engine's 1-2 by 2" in message
+    assert "(dynamic-512-768)" in message  # the preset that covers the job
+    assert runs == []  # no engine was even loaded: nothing ran
+
+
+def test_hires_size_off_the_grid_is_refused_before_the_first_pass(sd1, monkeypatch):
+    calls = record_calls(sd1, monkeypatch)
+    with pytest.raises(Exception, match="96x96 px is not on the 64 px grid"):
+        sd1.txt2img(prompt="a cat", steps=2, enable_hr=True, hr_scale=1.5)
+    assert calls == []  # the first pass did not run either
+
+
+def test_fallback_runs_on_pytorch_says_so_once_and_restores_the_engine(sd1, monkeypatch, capsys):
+    sd1.shared.opts.set("trt_on_uncovered", "fallback")
+    calls = record_calls(sd1, monkeypatch)
+    pytorch_calls = []
+    handle = sd1.unet().register_forward_hook(lambda m, a, out: pytorch_calls.append(a[0].shape))
+    result = sd1.txt2img(prompt="a cat", steps=2, width=192)
+    handle.remove()
+    assert calls == [] and len(pytorch_calls) == 2 and pytorch_calls[0][3] == 24
+    assert "PyTorch UNet used" in result.info and "width 192 px" in result.info
+    assert capsys.readouterr().out.count("using the PyTorch UNet for this job") == 1
+    assert sd1.sd_unet.current_unet_option.label == "[TRT] sub_sd15 v1"  # active again after the job
+    sd1.txt2img(prompt="a cat", steps=2)
+    assert len(calls) == 2
+
+
+def test_explicit_label_survives_a_checkpoint_switch_without_running_wrong_engines(sd1, monkeypatch):
+    sd1.add_checkpoint("other.safetensors", "sd1", seed=1)
+    sd1.shared.opts.set("sd_unet", "[TRT] sub_sd15 v1")
+    calls = record_calls(sd1, monkeypatch)
+    sd1.txt2img(prompt="a cat", steps=2)
+    assert len(calls) == 2
+    sd1.load("other.safetensors")
+    with_label = sd1.txt2img(prompt="a cat", steps=2)
+    assert sd1.shared.sd_model.sd_checkpoint_info.model_name == "other"
+    sd1.shared.opts.set("sd_unet", "None")
+    pytorch = sd1.txt2img(prompt="a cat", steps=2)
+    assert torch.equal(with_label.images[0], pytorch.images[0])  # other's own UNet ran, not sd15's engine

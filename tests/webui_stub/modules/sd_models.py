@@ -1,0 +1,231 @@
+"""Mirrors modules/sd_models.py (with sd_models_xl.py and the ldm/sgm model wrappers) where the extension
+meets it: ``CheckpointInfo`` names, ``model_data``/``shared.sd_model``, ``reload_model_weights`` with its
+``apply_unet("None")`` before and ``apply_unet()`` after a switch, and a loaded model object whose
+``.model.diffusion_model`` is the UNet, called the way ldm's ``DiffusionWrapper`` and sgm's
+``OpenAIWrapper`` call it.
+
+A stand-in checkpoint is a name plus a function that makes its UNet (``add_checkpoint``); prompts are
+encoded by a deterministic stand-in text encoder that counts one token per word.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from modules import devices, paths, script_callbacks, sd_hijack, sd_unet, shared
+
+TOKENS_PER_CHUNK = 75
+CONTEXT_PER_CHUNK = 77
+
+
+class CheckpointInfo:
+    """Names of a checkpoint file as the WebUI derives them (``name`` relative to the models folder)."""
+
+    def __init__(self, name: str, sha256: str | None = None) -> None:
+        self.name = name
+        self.filename = os.path.join(paths.models_path, "Stable-diffusion", name)
+        self.name_for_extra = os.path.splitext(os.path.basename(self.filename))[0]
+        self.model_name = os.path.splitext(name.replace("/", "_").replace("\\", "_"))[0]
+        self.sha256 = sha256 or hashlib.sha256(name.encode()).hexdigest()
+        self.hash = self.sha256[:8]
+        self.shorthash = self.sha256[0:10] if self.sha256 else None
+        self.title = name if self.shorthash is None else f"{name} [{self.shorthash}]"
+        short = self.name_for_extra
+        self.short_title = short if self.shorthash is None else f"{short} [{self.shorthash}]"
+        self.ids = [self.hash, self.model_name, self.title, name, self.name_for_extra, self.short_title]
+        self.metadata: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """The stand-in's checkpoint "file": how to make its UNet and what kind of model it is."""
+
+    make_unet: Callable[[], torch.nn.Module]
+    context_dim: int
+    adm_dim: int | None = None
+    in_channels: int = 4
+    parameterization: str = "eps"
+
+
+checkpoints_list: dict[str, CheckpointInfo] = {}
+checkpoint_aliases: dict[str, CheckpointInfo] = {}
+_specs: dict[str, CheckpointSpec] = {}
+
+
+def add_checkpoint(name: str, spec: CheckpointSpec, sha256: str | None = None) -> CheckpointInfo:
+    """The stand-in for a checkpoint file found in the models folder (``list_models``)."""
+    info = CheckpointInfo(name, sha256)
+    checkpoints_list[info.title] = info
+    for alias in info.ids:
+        checkpoint_aliases[alias] = info
+    _specs[info.filename] = spec
+    return info
+
+
+def select_checkpoint() -> CheckpointInfo:
+    checkpoint_info = checkpoint_aliases.get(shared.opts.sd_model_checkpoint, None)
+    if checkpoint_info is not None:
+        return checkpoint_info
+    if not checkpoints_list:
+        raise FileNotFoundError("No checkpoints found.")
+    return next(iter(checkpoints_list.values()))
+
+
+def get_closet_checkpoint_match(search_string: str) -> CheckpointInfo | None:
+    if not search_string:
+        return None
+    info = checkpoint_aliases.get(search_string)
+    if info is not None:
+        return info
+    found = sorted([i for i in checkpoints_list.values() if search_string in i.title], key=lambda x: len(x.title))
+    return found[0] if found else None
+
+
+class TextEncoder:
+    """Deterministic stand-in for CLIP: one token per word, 75-token chunks of 77 rows, padded within a batch
+    to the longest prompt with empty-prompt chunks, as ``FrozenCLIPEmbedderWithCustomWords`` does."""
+
+    def __init__(self, context_dim: int, adm_dim: int | None) -> None:
+        self.context_dim = context_dim
+        self.adm_dim = adm_dim
+
+    @staticmethod
+    def token_count(text: str) -> int:
+        return len(text.split())
+
+    def prompt_lengths(self, text: str) -> tuple[int, int]:
+        count = self.token_count(text)
+        return count, max(1, math.ceil(count / TOKENS_PER_CHUNK)) * TOKENS_PER_CHUNK
+
+    def _chunk(self, text: str, index: int) -> torch.Tensor:
+        seed = int.from_bytes(hashlib.sha256(f"{text}|{index}".encode()).digest()[:8], "little")
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn(CONTEXT_PER_CHUNK, self.context_dim, generator=gen)
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        chunks = max(max(1, math.ceil(self.token_count(p) / TOKENS_PER_CHUNK)) for p in prompts)
+        rows = []
+        for p in prompts:
+            own = max(1, math.ceil(self.token_count(p) / TOKENS_PER_CHUNK))
+            rows.append(torch.cat([self._chunk(p, i) for i in range(own)]
+                                  + [self._chunk("", 0)] * (chunks - own)))
+        return torch.stack(rows).to(devices.dtype_unet)
+
+    def pooled(self, prompts: list[str]) -> torch.Tensor:
+        gens = [torch.Generator().manual_seed(len(p) * 7919 + 1) for p in prompts]
+        return torch.stack([torch.randn(self.adm_dim, generator=g) for g in gens]).to(devices.dtype_unet)
+
+
+class DiffusionWrapper(torch.nn.Module):
+    """ldm's ``DiffusionWrapper`` / sgm's ``OpenAIWrapper``: holds the UNet and calls it."""
+
+    def __init__(self, diffusion_model: torch.nn.Module, conditioning_key: str, sgm: bool) -> None:
+        super().__init__()
+        self.diffusion_model = diffusion_model
+        self.conditioning_key = conditioning_key
+        self.sgm = sgm
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        if self.sgm:  # OpenAIWrapper: concat (already added for inpainting), context and y as keywords
+            return self.diffusion_model(x, timesteps=t, context=cond.get("crossattn"), y=cond.get("vector"))
+        cc = torch.cat(cond["c_crossattn"], 1)
+        if self.conditioning_key == "hybrid":
+            xc = torch.cat([x] + cond["c_concat"], dim=1)
+            return self.diffusion_model(xc, t, context=cc)
+        return self.diffusion_model(x, t, context=cc)
+
+
+class SdModel(torch.nn.Module):
+    """The loaded model object (``shared.sd_model``): LatentDiffusion for SD 1/2, DiffusionEngine for SDXL."""
+
+    def __init__(self, info: CheckpointInfo, spec: CheckpointSpec) -> None:
+        super().__init__()
+        unet = spec.make_unet()
+        self.is_sdxl = spec.adm_dim is not None
+        self.is_sdxl_inpaint = self.is_sdxl and spec.in_channels == 9
+        self.is_sd2 = not self.is_sdxl and spec.context_dim == 1024
+        self.is_sd1 = not self.is_sdxl and not self.is_sd2
+        self.is_ssd = False
+        key = "hybrid" if spec.in_channels == 9 and not self.is_sdxl else "crossattn"
+        self.model = DiffusionWrapper(unet, key, self.is_sdxl)
+        self.parameterization = spec.parameterization
+        self.cond_stage_key = "txt"
+        self.cond_stage_model = TextEncoder(spec.context_dim, spec.adm_dim)
+        self.latent_channels = 4
+        self.lowvram = False
+        self.sd_checkpoint_info = info
+        self.sd_model_checkpoint = info.filename
+        self.sd_model_hash = info.shorthash
+        self.cond_stage_model_empty_prompt = self.cond_stage_model.encode([""])
+
+    def get_learned_conditioning(self, prompts: list[str]) -> torch.Tensor | dict[str, torch.Tensor]:
+        crossattn = self.cond_stage_model.encode(list(prompts))
+        if not self.is_sdxl:
+            return crossattn
+        return {"crossattn": crossattn, "vector": self.cond_stage_model.pooled(list(prompts))}
+
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        if self.is_sdxl_inpaint:  # sd_models_xl.apply_model adds the inpainting channels
+            x = torch.cat([x] + cond["c_concat"], dim=1)
+        return self.model(x, t, cond)
+
+    @contextlib.contextmanager
+    def ema_scope(self) -> Iterator[None]:
+        yield
+
+
+class SdModelData:
+    def __init__(self) -> None:
+        self.sd_model: SdModel | None = None
+        self.loaded_sd_models: list[SdModel] = []
+        self.was_loaded_at_least_once = False
+        self.lock = threading.Lock()
+
+    def set_sd_model(self, v: SdModel | None) -> None:
+        self.sd_model = v
+        if v in self.loaded_sd_models:
+            self.loaded_sd_models.remove(v)
+        if v is not None:
+            self.loaded_sd_models.insert(0, v)
+
+
+model_data = SdModelData()
+
+
+def load_model(checkpoint_info: CheckpointInfo | None = None) -> SdModel:
+    checkpoint_info = checkpoint_info or select_checkpoint()
+    sd_model = SdModel(checkpoint_info, _specs[checkpoint_info.filename])
+    sd_hijack.model_hijack.hijack(sd_model)
+    sd_model.to(devices.device)
+    model_data.set_sd_model(sd_model)
+    model_data.was_loaded_at_least_once = True
+    shared.opts.data["sd_model_checkpoint"] = checkpoint_info.title
+    script_callbacks.model_loaded_callback(sd_model)
+    return sd_model
+
+
+def reload_model_weights(sd_model: SdModel | None = None, info: CheckpointInfo | None = None,
+                         forced_reload: bool = False) -> SdModel:
+    checkpoint_info = info or select_checkpoint()
+    sd_model = sd_model or model_data.sd_model
+    if sd_model is not None and sd_model.sd_model_checkpoint == checkpoint_info.filename and not forced_reload:
+        return sd_model
+    if sd_model is not None:
+        sd_unet.apply_unet("None")
+        sd_model.to(devices.cpu)
+    load_model(checkpoint_info)
+    sd_unet.apply_unet()
+    return model_data.sd_model
+
+
+def apply_token_merging(sd_model: Any, token_merging_ratio: float) -> None:
+    pass
