@@ -67,17 +67,3 @@ def test_failures_are_reported_and_the_worker_goes_on():
     assert q.wait(a.id, 5).state == "failed" and a.message == "parser: bad node"
     assert q.wait(b.id, 5).state == "failed" and "KeyError" in b.message
     assert q.wait(c.id, 5).result == 42
-
-
-def test_wrap_runs_every_job_inside_it():
-    seen = []
-    lock = threading.Lock()
-
-    def wrap(fn):
-        with lock:
-            seen.append("in")
-            return fn()
-
-    q = JobQueue(wrap=wrap)
-    job = q.submit("x", lambda job: lock.locked())
-    assert q.wait(job.id, 5).result is True and seen == ["in"]

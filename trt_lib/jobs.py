@@ -6,7 +6,6 @@ caller only submits and polls.
 
 from __future__ import annotations
 
-import functools
 import queue
 import threading
 import time
@@ -55,10 +54,7 @@ class Job:
 class JobQueue:
     """Runs submitted jobs in order on one daemon thread."""
 
-    def __init__(self, wrap: Callable[[Callable[[], Any]], Any] | None = None, keep: int = 50) -> None:
-        """``wrap`` runs each job's function, e.g. under the WebUI's queue lock so a build never runs beside a
-        generation."""
-        self._wrap = wrap or (lambda fn: fn())
+    def __init__(self, keep: int = 50) -> None:
         self._jobs: dict[str, Job] = {}
         self._pending: queue.Queue[Job] = queue.Queue()
         self._keep = keep
@@ -110,7 +106,7 @@ class JobQueue:
                 continue
             job.state = "running"
             try:
-                job.result = self._wrap(functools.partial(job.fn, job))
+                job.result = job.fn(job)
                 self._finish(job, "done", "finished")
             except BuildCancelled as e:
                 self._finish(job, "cancelled", str(e))

@@ -61,36 +61,36 @@ def onnx_path_for(store: EngineStore, request: BuildRequest) -> Path:
     return store.folder / "onnx" / request.export_key() / "unet.onnx"
 
 
-def build_engine(unet: torch.nn.Module, request: BuildRequest, store: EngineStore, *,
+def export_stage(unet: torch.nn.Module, request: BuildRequest, store: EngineStore, *,
                  progress: Progress | None = None, cancel: threading.Event | None = None,
-                 device: torch.device | str | None = None) -> EngineEntry:
-    """Export ``unet`` (reusing an earlier export of the same weights), build the engine and record it.
+                 device: torch.device | str | None = None) -> Path:
+    """Export ``unet`` for ``request`` (or reuse the earlier export of the same weights); the ONNX path.
 
-    Nothing is recorded unless every step finished; a cancel or a failure leaves the store as it was.
+    The only stage that needs the loaded UNet (and its GPU): callers hold the WebUI's queue lock for it alone.
     """
     request.validate()
-    backend = get_backend(request.backend)
     report_progress = progress or (lambda stage, fraction: None)
-
-    def check_cancel() -> None:
-        if cancel is not None and cancel.is_set():
-            raise BuildCancelled("build cancelled; nothing was written")
-
     onnx_path = onnx_path_for(store, request)
     if onnx_path.is_file():
         report_progress("reusing the earlier ONNX export", EXPORT_SHARE)
-    else:
-        report_progress("exporting the UNet to ONNX", 0.0)
-        onnx_path.parent.parent.mkdir(parents=True, exist_ok=True)
-        export: ExportReport = export_onnx(
-            unet, request.family, onnx_path, profile=request.profiles[0], dtype=request.dtype, device=device,
-            progress=lambda stage, f: (check_cancel(), report_progress(stage, f * EXPORT_SHARE)))
-        report_progress(f"exported in {export.seconds:.1f} s", EXPORT_SHARE)
-    check_cancel()
+        return onnx_path
+    report_progress("exporting the UNet to ONNX", 0.0)
+    onnx_path.parent.parent.mkdir(parents=True, exist_ok=True)
+    export: ExportReport = export_onnx(
+        unet, request.family, onnx_path, profile=request.profiles[0], dtype=request.dtype, device=device,
+        progress=lambda stage, f: (_check_cancel(cancel), report_progress(stage, f * EXPORT_SHARE)))
+    report_progress(f"exported in {export.seconds:.1f} s", EXPORT_SHARE)
+    return onnx_path
 
+
+def build_stage(onnx_path: Path, request: BuildRequest, store: EngineStore, *,
+                progress: Progress | None = None, cancel: threading.Event | None = None) -> EngineEntry:
+    """Build the engine from the export and record it. Nothing is recorded unless the build finished."""
+    _check_cancel(cancel)
+    report_progress = progress or (lambda stage, fraction: None)
     engine_id = store.new_id(request.checkpoint)
     engine_path = store.folder / f"{engine_id}.engine"
-    build = backend.build(
+    build = get_backend(request.backend).build(
         onnx_path, engine_path, [request.family.engine_shapes(p) for p in request.profiles],
         compute_capability=request.compute_capability, refit=request.refit, strip_weights=request.refit,
         progress=lambda stage, f: report_progress(stage, EXPORT_SHARE + f * (1 - EXPORT_SHARE)),
@@ -106,3 +106,19 @@ def build_engine(unet: torch.nn.Module, request: BuildRequest, store: EngineStor
     store.add(entry)
     report_progress("done", 1.0)
     return entry
+
+
+def build_engine(unet: torch.nn.Module, request: BuildRequest, store: EngineStore, *,
+                 progress: Progress | None = None, cancel: threading.Event | None = None,
+                 device: torch.device | str | None = None) -> EngineEntry:
+    """Export ``unet`` (reusing an earlier export of the same weights), build the engine and record it.
+
+    Nothing is recorded unless every step finished; a cancel or a failure leaves the store as it was.
+    """
+    onnx_path = export_stage(unet, request, store, progress=progress, cancel=cancel, device=device)
+    return build_stage(onnx_path, request, store, progress=progress, cancel=cancel)
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise BuildCancelled("build cancelled; nothing was written")

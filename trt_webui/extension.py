@@ -5,6 +5,7 @@ Everything the tab, the API, the provider and the job check share goes through t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from modules import call_queue, sd_unet, shared
@@ -13,7 +14,7 @@ from trt_lib.backends import get_backend
 from trt_lib.errors import BackendUnavailableError, TrtError
 from trt_lib.families import Family, get_family
 from trt_lib.jobs import Job, JobQueue
-from trt_lib.pipeline import BuildRequest, build_engine
+from trt_lib.pipeline import BuildRequest, build_stage, export_stage
 from trt_lib.profiles import Profile
 from trt_lib.runtime import EngineRunner
 from trt_lib.store import EngineEntry, EngineStore, Problem, Runtime
@@ -37,17 +38,12 @@ class Extension:
     """Shared state; ``runner_factory`` is swapped by tests for the ONNX Runtime stand-in."""
 
     def __init__(self) -> None:
-        self.jobs = JobQueue(wrap=self._under_queue_lock)
+        self.jobs = JobQueue()
         self.options = OptionCache(self.open_session)
         self.runner_factory: RunnerFactory = backend_runner
         self._store: EngineStore | None = None
         self._runtime: Runtime | None = None
         self.discarded: list[str] = []
-
-    @staticmethod
-    def _under_queue_lock(fn: Callable[[], object]) -> object:
-        with call_queue.queue_lock:  # never build beside a generation on the same GPU
-            return fn()
 
     # -- store and runtime ---------------------------------------------------------------------------
 
@@ -125,12 +121,16 @@ class Extension:
         store = self.store
 
         def run(job: Job) -> EngineEntry:
-            if loaded_model.checkpoint_name() != model.checkpoint:
-                raise TrtError(f"the checkpoint changed to {loaded_model.checkpoint_name()} before the build "
-                               f"of {model.checkpoint} started; build again")
-            with loaded_model.pytorch_unet() as unet:
-                entry = build_engine(unet, request, store, progress=job.report, cancel=job.cancel,
-                                     device=next(unet.parameters()).device)
+            with call_queue.queue_lock:  # the export uses the loaded UNet: never beside a generation
+                if loaded_model.checkpoint_name() != model.checkpoint:
+                    raise TrtError(f"the checkpoint changed to {loaded_model.checkpoint_name()} before the build "
+                                   f"of {model.checkpoint} started; build again")
+                with loaded_model.pytorch_unet() as unet:
+                    onnx_path = export_stage(unet, request, store, progress=job.report, cancel=job.cancel,
+                                             device=next(unet.parameters()).device)
+            gpu = get_backend(request.backend).needs_gpu_to_build(request.refit)
+            with call_queue.queue_lock if gpu else contextlib.nullcontext():
+                entry = build_stage(onnx_path, request, store, progress=job.report, cancel=job.cancel)
             self.refresh_unets()
             return entry
 

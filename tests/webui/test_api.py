@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from fastapi import FastAPI
@@ -75,7 +76,7 @@ def test_bad_fit_body_is_refused(client):
     assert client.post("/tensorrt/v1/fit", json={"width": "wide"}).status_code == 422
 
 
-def test_builds_queue_one_at_a_time_under_the_queue_lock(client, webui, monkeypatch):
+def test_builds_queue_one_at_a_time_and_hold_the_queue_lock_only_to_export(client, webui, monkeypatch):
     extension = webui.module("trt_webui.extension")
     release, started, lock_held = threading.Event(), [], []
 
@@ -83,21 +84,36 @@ def test_builds_queue_one_at_a_time_under_the_queue_lock(client, webui, monkeypa
         def version(self) -> str:
             return "stand-in"
 
-    def fake_build(unet, request, store, **kwargs):
-        lock_held.append(webui.call_queue.queue_lock.locked())
+        def needs_gpu_to_build(self, refit: bool) -> bool:
+            return False  # an ahead-of-time build on the CPU, as TensorRT for RTX does
+
+    def fake_export(unet, request, store, **kwargs):
+        lock_held.append(("export", webui.call_queue.queue_lock.locked()))
+        return store.folder / "unet.onnx"
+
+    def fake_build(onnx_path, request, store, **kwargs):
+        lock_held.append(("build", webui.call_queue.queue_lock.locked()))
         started.append(request.profiles[0].label())
         release.wait(10)
         return webui.engine
 
     monkeypatch.setattr(extension, "get_backend", lambda name: FakeBackend())
-    monkeypatch.setattr(extension, "build_engine", fake_build)
+    monkeypatch.setattr(extension, "export_stage", fake_export)
+    monkeypatch.setattr(extension, "build_stage", fake_build)
     first = client.post("/tensorrt/v1/builds", json={"preset": "static-512"}).json()["job_id"]
     second = client.post("/tensorrt/v1/builds", json={"profiles": [SMALL]}).json()["job_id"]
     assert client.get(f"/tensorrt/v1/builds/{second}").json()["state"] == "queued"
+    for _ in range(200):  # wait until the first build runs, then a generation can still take the lock
+        if started:
+            break
+        time.sleep(0.02)
+    assert webui.call_queue.queue_lock.acquire(timeout=5)
+    webui.call_queue.queue_lock.release()
     release.set()
     for job in (first, second):
         assert webui.EXT.jobs.wait(job, timeout=10).state == "done"
-    assert len(started) == 2 and lock_held == [True, True]
+    assert len(started) == 2
+    assert lock_held == [("export", True), ("build", False)] * 2
     assert client.get(f"/tensorrt/v1/builds/{first}").json()["engine_id"] == webui.engine.id
     assert client.get("/tensorrt/v1/builds/nope").status_code == 404
     assert client.post("/tensorrt/v1/builds/nope/cancel").status_code == 404

@@ -91,6 +91,12 @@ class Backend:
     def version(self) -> str:
         return str(self.module().__version__)
 
+    def needs_gpu_to_build(self, refit: bool) -> bool:
+        """Whether a build occupies the GPU: TensorRT tunes kernels on the GPU it runs on, TensorRT for RTX
+        compiles ahead of time on the CPU, except refittable or weight-stripped plans (1.7.1 needs CUDA for
+        those). Builds that do not need it leave the GPU, and the loaded model's VRAM, to generations."""
+        return not self.targets_compute_capability or refit
+
     # -- building --------------------------------------------------------------------------------------------
 
     def build(self, onnx_path: Path, engine_path: Path, profiles: Sequence[EngineProfile], *,
