@@ -67,22 +67,26 @@ def preset_profile(family: Family) -> Profile:
     return family.preset(BUILD_PRESET.get(family.name, family.default_preset.name)).profile
 
 
-def bench_export(family: Family, work: Path) -> dict:
-    torch.cuda.empty_cache()
-    unet = make_unet(family, tiny=False, seed=0, dtype=torch.float16).to("cuda").eval()
+def bench_export(family: Family, work: Path, tiny: bool) -> dict:
+    gpu = torch.cuda.is_available()
+    dtype = torch.float16 if gpu else torch.float32  # a CPU run only checks that the script works
+    unet = make_unet(family, tiny=tiny, seed=0, dtype=dtype).to("cuda" if gpu else "cpu").eval()
     weights = sum(p.numel() * p.element_size() for p in unet.parameters())
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     out = work / family.name / "unet.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     with RssPeak() as rss:
-        report = export_onnx(unet, family, out, profile=preset_profile(family), dtype=torch.float16, device="cuda")
+        report = export_onnx(unet, family, out, dtype=dtype,
+                             device=next(unet.parameters()).device)
     row = {"family": family.name, "weights_gb": weights / GB, "export_s": report.seconds,
-           "peak_vram_gb": torch.cuda.max_memory_allocated() / GB,
-           "peak_reserved_gb": torch.cuda.max_memory_reserved() / GB,
+           "peak_vram_gb": torch.cuda.max_memory_allocated() / GB if gpu else 0.0,
+           "peak_reserved_gb": torch.cuda.max_memory_reserved() / GB if gpu else 0.0,
            "host_ram_over_base_gb": (rss.peak - rss.base) / GB, "onnx_gb": folder_bytes(out.parent) / GB}
     del unet
-    torch.cuda.empty_cache()
+    if gpu:
+        torch.cuda.empty_cache()
     return row
 
 
@@ -117,13 +121,14 @@ def main() -> None:
     parser.add_argument("--stage", choices=("export", "build", "disk", "all"), default="all")
     parser.add_argument("--backend", default="tensorrt_rtx")
     parser.add_argument("--compute-capability", default="8.9")
+    parser.add_argument("--tiny", action="store_true", help="tiny UNets: a quick check of the script itself")
     args = parser.parse_args()
     os.environ.setdefault("POLYGRAPHY_USE_TENSORRT_RTX", "1")
     families = [get_family(n) for n in args.families.split(",")]
     results_file = args.work / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     if args.stage in ("export", "all"):
-        results["export"] = [bench_export(f, args.work) for f in families]
+        results["export"] = [bench_export(f, args.work, args.tiny) for f in families]
     if args.stage in ("build", "all"):
         results["build"] = [bench_build(f, args.work, args.backend, args.compute_capability, [preset_profile(f)],
                                         "preset") for f in families]

@@ -88,7 +88,7 @@ def main() -> None:
     family = get_family("sd1")
     with tempfile.TemporaryDirectory() as tmp:
         onnx = Path(tmp) / "unet.onnx"
-        export_onnx(make_unet(family, tiny=True, seed=0), family, onnx, profile=PROFILE, dtype=torch.float16)
+        export_onnx(make_unet(family, tiny=True, seed=0), family, onnx, dtype=torch.float16)
         shapes = [family.engine_shapes(PROFILE)]
         runner = TimedRunner(onnx, family.input_names, family.output_name, shapes)
         entry = EngineEntry(id="bench", checkpoint="bench", checkpoint_hash="0", family=family.name,

@@ -194,8 +194,13 @@ _ADM = ("label_emb.0.0.weight", "class_embedding.linear_1.weight", "add_embeddin
 _CONTEXT_SUFFIX = "attn2.to_k.weight"
 
 
-def unet_traits(unet: torch.nn.Module, prediction: str = "eps") -> UnetTraits:
-    """Read in-channels, context width and ``y`` width off a UNet's weights (ldm, sgm or diffusers layout)."""
+def unet_traits(unet: torch.nn.Module, prediction: str | None = None) -> UnetTraits:
+    """Read in-channels, context width and ``y`` width off a UNet's weights (ldm, sgm or diffusers layout).
+
+    The weights cannot tell eps from v prediction: pass ``prediction`` (the WebUI knows it from the checkpoint's
+    config); otherwise the module's ``prediction_type`` attribute is used if it has one, else ``eps``.
+    """
+    prediction = prediction or getattr(unet, "prediction_type", "eps")
     shapes = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
 
     def first(keys: tuple[str, ...]) -> tuple[int, ...] | None:

@@ -40,6 +40,10 @@ class OnnxRuntimeRunner(EngineRunner):
                            for name, value in (initializer_overrides or {}).items()]
         for name, value in self._overrides:
             options.add_initializer(name, value)
+        if self._overrides:
+            # ORT folds weight transposes at load from the file's values, ignoring overrides (measured):
+            # without graph optimisations every override reaches the computation, as a TensorRT refit does.
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own untyped errors for unreadable files

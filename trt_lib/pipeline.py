@@ -77,7 +77,7 @@ def export_stage(unet: torch.nn.Module, request: BuildRequest, store: EngineStor
     report_progress("exporting the UNet to ONNX", 0.0)
     onnx_path.parent.parent.mkdir(parents=True, exist_ok=True)
     export: ExportReport = export_onnx(
-        unet, request.family, onnx_path, profile=request.profiles[0], dtype=request.dtype, device=device,
+        unet, request.family, onnx_path, dtype=request.dtype, device=device,
         progress=lambda stage, f: (_check_cancel(cancel), report_progress(stage, f * EXPORT_SHARE)))
     report_progress(f"exported in {export.seconds:.1f} s", EXPORT_SHARE)
     return onnx_path

@@ -1,0 +1,52 @@
+"""Shared, session-cached test helpers: tiny UNets and their ONNX exports are made once per test run.
+
+Both return shared objects: do not modify a cached UNet or ONNX file in a test (make your own with
+``trt_lib.tiny_unets.make_unet`` / ``trt_lib.export.export_onnx`` when a test changes them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from trt_lib.families import get_family
+from trt_lib.tiny_unets import WebuiUnet, make_unet
+
+# The test models are tiny: extra intra-op threads only spin and wait (2-5x slower on a busy 2-core machine).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_unet() -> Callable[[str], WebuiUnet]:
+    """``tiny_unet("sd1")``: the family's tiny fp32 UNet (seed 0), in eval mode."""
+    cache: dict[str, WebuiUnet] = {}
+
+    def get(family_name: str) -> WebuiUnet:
+        if family_name not in cache:
+            cache[family_name] = make_unet(family_name)
+        return cache[family_name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(tiny_unet, tmp_path_factory) -> Callable[[str, torch.dtype], Path]:
+    """``exported_onnx("sdxl", torch.float16)``: path of ``tiny_unet(name)`` exported, with its weight map
+    beside it."""
+    from trt_lib.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("onnx")
+    cache: dict[tuple[str, torch.dtype], Path] = {}
+
+    def get(family_name: str, dtype: torch.dtype = torch.float32) -> Path:
+        key = (family_name, dtype)
+        if key not in cache:
+            path = folder / f"{family_name}-{str(dtype).removeprefix('torch.')}" / "unet.onnx"
+            path.parent.mkdir()
+            cache[key] = export_onnx(tiny_unet(family_name), get_family(family_name), path, dtype=dtype).path
+        return cache[key]
+
+    return get

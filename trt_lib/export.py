@@ -1,0 +1,339 @@
+"""Export a UNet with the WebUI's call signature ``(x, timesteps, context[, y])`` to ONNX, with a weight map.
+
+Which exporter: torch 2.13 defaults to the dynamo exporter (``torch.export`` + onnxscript). We use the
+TorchScript exporter (``dynamo=False``) because the dynamo one needs ``onnxscript``, which neither this
+project's environment nor the WebUI ships, and because the TorchScript exporter, at opset 17, already gives
+what TensorRT wants: the family's input and output names, ``dynamic_axes`` as the family states them,
+``LayerNormalization`` nodes and attention as MatMul-Softmax-MatMul.
+
+Weight names for refit: the export runs without constant folding and with ``keep_initializers_as_inputs``
+(which skips the exporter's pass that merges initializers of equal value, e.g. all LayerNorm weights of a
+fresh model, into one), so every parameter reaches the ONNX as one initializer named by its ``state_dict``
+key, holding the parameter as is. The initializers are then removed from the graph inputs again, so the graph
+inputs are exactly the family's. The weight map written beside the ONNX records that correspondence, read off
+the exported file: initializer name, ``state_dict`` key, dtype and shape. TensorRT folds the weight
+transposes the graph still holds at build time.
+
+Files: ``<name>.onnx``, ``<name>.onnx.data`` (one external data file, only when the model is over 2 GB),
+``<name>.weights.json``. They are written into a partial folder beside the target and moved into place once
+the ONNX checker passed, the ONNX last, so a reader never sees a half-written export.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .errors import ExportError, TrtError
+from .families import Family
+from .profiles import CONTEXT_PER_CHUNK, PIXEL_GRID, UnetCall
+from .store import partial_path
+
+if TYPE_CHECKING:
+    import onnx
+
+Progress = Callable[[str, float], None]
+
+EXTERNAL_DATA_BYTES = 2**31 - 2**24
+"""Above this the weights go into an external data file (protobuf cannot hold 2 GB; leave room for the graph)."""
+
+WEIGHT_MAP_FORMAT = "sd-webui-tensorrt/weight-map"
+_DTYPES = {torch.float16: "float16", torch.float32: "float32"}
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export produced and how long it took."""
+
+    path: Path
+    seconds: float
+    onnx_bytes: int
+    """The ONNX file plus its external data file, if any."""
+    external_data: bool
+    opset: int
+    dtype: str
+    weight_map: Path
+    converted_copy: bool = False
+    """True when the module was not already in ``dtype`` on ``device`` and a converted copy was exported."""
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """Where an ONNX initializer comes from: a ``state_dict`` entry, cast to ``dtype``, of this ``shape``."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    """ONNX Runtime against PyTorch for one call shape."""
+
+    call: UnetCall
+    rel_error: float
+    """‖onnx − torch‖ / ‖torch‖"""
+    max_abs: float
+    finite: bool
+
+
+def weight_map_path(onnx_path: Path) -> Path:
+    return Path(onnx_path).with_name(Path(onnx_path).stem + ".weights.json")
+
+
+def data_path(onnx_path: Path) -> Path:
+    return Path(onnx_path).with_name(Path(onnx_path).name + ".data")
+
+
+def export_onnx(unet: torch.nn.Module, family: Family, path: Path, *,
+                dtype: torch.dtype = torch.float16, device: torch.device | str | None = None,
+                progress: Progress | None = None, opset: int = 17) -> ExportReport:
+    """Export ``unet`` to ``path`` for ``family``, with every profile axis dynamic, all inputs in ``dtype``.
+
+    The caller's module is left as it was (weights, dtype, device, train/eval mode); it is only copied when
+    its dtype or device differs from the wanted one. Any failure raises :class:`ExportError` naming the cause
+    and leaves no file behind; an exception raised by ``progress`` (a cancel) is re-raised unchanged.
+    """
+    if dtype not in _DTYPES:
+        raise ExportError(f"ONNX export supports float16 and float32, not {dtype}")
+    path = Path(path)
+    start = time.perf_counter()
+    work = partial_path(path)
+    stage = "preparing"
+    from_progress: list[BaseException] = []
+
+    def report(name: str, fraction: float) -> None:
+        nonlocal stage
+        stage = name
+        if progress is not None:
+            try:
+                progress(name, fraction)
+            except BaseException as e:
+                from_progress.append(e)
+                raise
+
+    try:
+        import onnx
+
+        report("preparing the UNet for export", 0.0)
+        work.mkdir(parents=True)
+        model, converted = _module_for_export(unet, dtype, device)
+        target = next(model.parameters()).device
+        report("tracing the UNet and writing ONNX", 0.1)
+        with _eval_mode(model), torch.no_grad():
+            _torch_export(model, family, work / path.name, dtype, target, opset)
+        del model  # a converted copy is not needed any more; free it before the checker loads the file
+        report("checking the ONNX", 0.7)
+        proto = onnx.load(str(work / path.name), load_external_data=False)
+        external = _finish_graph(proto, family, work, path.name)
+        onnx.checker.check_model(str(work / path.name))
+        report("writing the weight map", 0.9)
+        weights = _weight_map(proto, unet.state_dict(), dtype)
+        (work / weight_map_path(path).name).write_text(json.dumps(
+            {"format": WEIGHT_MAP_FORMAT, "version": 1, "onnx": path.name, "dtype": _DTYPES[dtype],
+             "weights": {name: {"key": w.key, "dtype": w.dtype, "shape": list(w.shape)}
+                         for name, w in weights.items()}}, indent=1), encoding="utf-8")
+        report("moving the export into place", 1.0)  # the last chance to cancel: nothing is in place yet
+        size = _move_into_place(work, path, external)
+    except BaseException as e:
+        if from_progress or isinstance(e, TrtError) or not isinstance(e, Exception):
+            raise
+        raise ExportError(f"exporting the {family.label} UNet to ONNX failed while {stage}: "
+                          f"{type(e).__name__}: {e}") from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ExportReport(path=path, seconds=time.perf_counter() - start, onnx_bytes=size, external_data=external,
+                        opset=max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                        dtype=_DTYPES[dtype], weight_map=weight_map_path(path), converted_copy=converted)
+
+
+def _module_for_export(unet: torch.nn.Module, dtype: torch.dtype,
+                       device: torch.device | str | None) -> tuple[torch.nn.Module, bool]:
+    """The module itself when it already has ``dtype`` and ``device``; else a copy made directly in them.
+
+    The copy never holds a second full-precision set of weights: parameters and buffers are converted one by
+    one as the deep copy reaches them.
+    """
+    first = next(unet.parameters())
+    want = torch.empty(0, device=device).device if device is not None else first.device  # "cuda" -> "cuda:0"
+    tensors = [*unet.parameters(), *unet.buffers()]
+    if all(t.device == want and (t.dtype == dtype or not t.is_floating_point()) for t in tensors):
+        return unet, False
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(want, dtype if t.is_floating_point() else t.dtype)
+
+    memo: dict[int, Any] = {id(p): torch.nn.Parameter(convert(p), requires_grad=False) for p in unet.parameters()}
+    memo.update({id(b): convert(b) for b in unet.buffers()})
+    return copy.deepcopy(unet, memo), True
+
+
+@contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """Eval mode for the export; every submodule's own train/eval flag is put back afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _torch_export(model: torch.nn.Module, family: Family, out: Path, dtype: torch.dtype,
+                  device: torch.device, opset: int) -> None:
+    """Trace at the smallest shape engines take (one row, 64x64 px, 77 context rows) and write ``out``.
+
+    Every axis a profile varies is dynamic and nothing in the graph depends on the traced size, while the
+    tracer keeps every activation alive: the smallest shape keeps export memory at the weights plus little
+    (measured on an H100, fp16, traced at the default presets' opt size: SDXL peak 5.6 GiB of which 4.9 GiB
+    weights; see the README's performance section for the numbers at this size).
+    """
+    inputs = family.example_inputs(1, PIXEL_GRID, PIXEL_GRID, CONTEXT_PER_CHUNK, dtype=dtype, device=device)
+    with warnings.catch_warnings():  # a warning per traced Python branch, and one for choosing this exporter
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, tuple(inputs[n] for n in family.input_names), str(out), dynamo=False,
+            input_names=list(family.input_names), output_names=[family.output_name],
+            dynamic_axes=family.dynamic_axes(), opset_version=opset,
+            do_constant_folding=False, keep_initializers_as_inputs=True)
+
+
+def _finish_graph(proto: onnx.ModelProto, family: Family, folder: Path, name: str) -> bool:
+    """Drop initializers from the graph inputs; put all weights into one data file if they are over 2 GB.
+
+    ``proto`` was loaded without its external data; returns whether the weights are now external.
+    """
+    import onnx
+    from onnx import numpy_helper
+    from onnx.external_data_helper import uses_external_data
+
+    inits = proto.graph.initializer
+    kept = [i for i in proto.graph.input if i.name in family.input_names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    size = sum(_tensor_bytes(t) for t in inits)
+    external = size > EXTERNAL_DATA_BYTES or any(uses_external_data(t) for t in inits)
+    if external:
+        data_name = data_path(folder / name).name
+        with open(folder / data_name, "wb") as data:
+            for tensor in inits:
+                raw = numpy_helper.to_array(tensor, base_dir=str(folder)).tobytes()
+                offset = data.tell()
+                data.write(raw)
+                del tensor.external_data[:]
+                for key, value in (("location", data_name), ("offset", offset), ("length", len(raw))):
+                    tensor.external_data.add(key=key, value=str(value))
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+            data.flush()
+            os.fsync(data.fileno())
+    onnx.save(proto, str(folder / name))
+    return external
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    import onnx
+
+    count = int(np.prod(tensor.dims)) if tensor.dims else 1
+    return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+
+
+def _weight_map(proto: onnx.ModelProto, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, WeightRef]:
+    """Initializer -> parameter, from the names the exporter gave (see the module docstring)."""
+    import onnx
+
+    weights = {}
+    for tensor in proto.graph.initializer:
+        if tensor.name not in state:
+            continue
+        np_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).name
+        source = state[tensor.name]
+        if tuple(tensor.dims) != tuple(source.shape):
+            raise ExportError(f"the exporter reshaped weight {tensor.name} ({tuple(source.shape)} -> "
+                              f"{tuple(tensor.dims)}); the export cannot be refitted")
+        if source.is_floating_point() and np_dtype != _DTYPES[dtype]:
+            raise ExportError(f"weight {tensor.name} was exported as {np_dtype}, expected {_DTYPES[dtype]}")
+        weights[tensor.name] = WeightRef(tensor.name, np_dtype, tuple(tensor.dims))
+    return weights
+
+
+def _move_into_place(work: Path, path: Path, external: bool) -> int:
+    """Rename the finished files next to ``path``, the ONNX last; return the ONNX plus data bytes."""
+    moves = [weight_map_path(path), *([data_path(path)] if external else []), path]
+    for final in moves:
+        os.replace(work / final.name, final)
+    if not external:
+        data_path(path).unlink(missing_ok=True)  # left by an earlier export of the same name
+    return sum(f.stat().st_size for f in moves if f != weight_map_path(path))
+
+
+def load_weight_map(onnx_path: Path) -> dict[str, WeightRef]:
+    """The weight map written beside ``onnx_path`` at export: initializer name -> :class:`WeightRef`."""
+    file = weight_map_path(onnx_path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        if data.get("format") != WEIGHT_MAP_FORMAT:
+            raise ValueError(f"format is {data.get('format')!r}")
+        return {name: WeightRef(w["key"], w["dtype"], tuple(w["shape"])) for name, w in data["weights"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"cannot read the weight map {file.name} (re-export the UNet to recreate it): {e}") from e
+
+
+def initializer_values(unet_or_state_dict: torch.nn.Module | Mapping[str, torch.Tensor],
+                       weight_map: Mapping[str, WeightRef],
+                       names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Arrays exactly as the ONNX initializers would hold them for these weights (all, or only ``names``).
+
+    To run the ONNX with them on ONNX Runtime (a refit stand-in), turn its graph optimizations off: it folds
+    the weight Transposes with the file's own values before session initializer overrides apply.
+    """
+    state = (unet_or_state_dict.state_dict() if isinstance(unet_or_state_dict, torch.nn.Module)
+             else unet_or_state_dict)
+    out = {}
+    for name in weight_map if names is None else names:
+        ref = weight_map[name]
+        tensor = state[ref.key].detach()
+        if tuple(tensor.shape) != ref.shape:
+            raise ExportError(f"weight {ref.key} has shape {tuple(tensor.shape)}, the engine expects {ref.shape}")
+        out[name] = tensor.to(getattr(torch, ref.dtype)).cpu().numpy()
+    return out
+
+
+def parity(onnx_path: Path, unet: torch.nn.Module, family: Family, calls: Sequence[UnetCall], *,
+           dtype: torch.dtype) -> list[ParityRow]:
+    """Run the ONNX on ONNX Runtime (CPU) and ``unet`` in PyTorch on the same random inputs, per call shape.
+
+    ``unet`` is the reference: pass it in float32. ONNX inputs are cast to ``dtype``, the export dtype.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    first = next(unet.parameters())
+    rows = []
+    for i, call in enumerate(calls):
+        inputs = family.example_inputs(call.batch, call.height, call.width, call.context_len, seed=i)
+        with torch.no_grad(), _eval_mode(unet):
+            ref = unet(*(inputs[n].to(first.device, first.dtype) for n in family.input_names)).float().cpu()
+        (out,) = session.run([family.output_name],
+                             {n: inputs[n].to(dtype).numpy() for n in family.input_names})
+        got = torch.from_numpy(out).float()
+        diff = got - ref
+        rows.append(ParityRow(call, float(diff.norm() / ref.norm()), float(diff.abs().max()),
+                              bool(torch.isfinite(got).all())))
+    return rows
