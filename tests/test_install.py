@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 
 import pytest
 
-from trt_lib.install_plan import InstallStatus, install
+from trt_lib.install_plan import InstallStatus, cuda_flavour, install, pip_error_summary
 
 
-def run(tmp_path, present: set[str], fail: set[str] = frozenset(), backend: str = "tensorrt_rtx"):
+def run(tmp_path, present: set[str], fail: set[str] = frozenset(), backend: str = "tensorrt_rtx",
+        broken: set[str] = frozenset()):
     calls = []
 
     def run_pip(args: str, desc: str) -> None:
@@ -17,11 +20,12 @@ def run(tmp_path, present: set[str], fail: set[str] = frozenset(), backend: str 
         if any(name in args for name in fail):
             raise RuntimeError(f"Couldn't install {desc}.\nCommand: pip {args}\nError code: 1\nstderr: no network")
 
-    status = install(backend, lambda name: name in present, run_pip, tmp_path / "status.json", flavour="cu12")
+    status = install(backend, lambda name: name in present, run_pip, tmp_path / "status.json", flavour="cu12",
+                     imports=lambda module: module not in broken)
     return status, calls
 
 
-ALL = {"onnx", "polygraphy", "safetensors", "filelock", "tensorrt_rtx_cu12", "tensorrt_cu12"}
+ALL = {"onnx", "polygraphy", "safetensors", "filelock", "tensorrt_rtx", "tensorrt"}
 
 
 def test_nothing_to_do_when_all_present(tmp_path):
@@ -31,18 +35,18 @@ def test_nothing_to_do_when_all_present(tmp_path):
 
 @pytest.mark.catalogue("install")
 def test_missing_packages_are_installed_without_touching_protobuf(tmp_path):
-    status, calls = run(tmp_path, ALL - {"onnx", "tensorrt_rtx_cu12"})
-    assert calls == ['install --no-deps "onnx>=1.14"', "install tensorrt-rtx-cu12"]
-    assert status.installed == ["onnx", "tensorrt_rtx_cu12"]
+    status, calls = run(tmp_path, ALL - {"onnx", "tensorrt_rtx"})
+    assert calls == ['install --no-deps "onnx>=1.14,<1.19"', "install tensorrt-rtx-cu12"]
+    assert status.installed == ["onnx", "tensorrt_rtx"]
     assert InstallStatus.read(tmp_path / "status.json") == status
 
 
 @pytest.mark.catalogue("install")
 def test_failed_install_is_recorded_with_the_fix_and_the_rest_goes_on(tmp_path):
-    status, calls = run(tmp_path, ALL - {"tensorrt_cu12", "polygraphy"}, fail={"tensorrt-cu12"}, backend="tensorrt")
+    status, calls = run(tmp_path, ALL - {"tensorrt", "polygraphy"}, fail={"tensorrt-cu12"}, backend="tensorrt")
     assert status.installed == ["polygraphy"]
-    assert "no network" in status.failed["tensorrt_cu12"]
-    assert 'python -m pip install "tensorrt-cu12>=10.0"' in status.failed["tensorrt_cu12"]
+    assert "no network" in status.failed["tensorrt"]
+    assert 'python -m pip install "tensorrt-cu12>=10.0"' in status.failed["tensorrt"]
     assert json.loads((tmp_path / "status.json").read_text())["failed"]
 
 
@@ -50,3 +54,38 @@ def test_failed_install_is_recorded_with_the_fix_and_the_rest_goes_on(tmp_path):
 def test_unreadable_status_file_reads_as_none(tmp_path):
     (tmp_path / "status.json").write_text("{broken")
     assert InstallStatus.read(tmp_path / "status.json") is None
+
+
+@pytest.mark.catalogue("install")
+def test_an_onnx_that_does_not_import_is_replaced_by_a_compatible_one(tmp_path):
+    status, calls = run(tmp_path, ALL, broken={"onnx"})
+    assert calls == ['install --no-deps "onnx>=1.14,<1.19"'] and status.installed == ["onnx"]
+
+
+@pytest.mark.parametrize("version_py, flavour", [
+    ("__version__ = '2.14.1'\ncuda: Optional[str] = '13.0'\n", "cu13"),
+    ("__version__ = '2.1.2+cu121'\ncuda = '12.1'\n", "cu12"),
+    ("__version__ = '2.13.0+cpu'\ncuda: Optional[str] = None\n", "cu12"),
+])
+def test_cuda_flavour_is_read_from_torch_version_py(tmp_path, monkeypatch, version_py, flavour):
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("")
+    (tmp_path / "torch" / "version.py").write_text(version_py)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torch")  # find_spec must look at the fake package, not the loaded torch
+    try:
+        assert cuda_flavour() == flavour
+    finally:
+        monkeypatch.undo()
+        importlib.import_module("torch")
+
+
+@pytest.mark.catalogue("install")
+def test_pip_errors_are_summarised_from_their_error_lines():
+    output = "Collecting tensorrt-cu12\n  Downloading ...\n" + "x" * 2000 + (
+        "\nERROR: Could not find a version that satisfies the requirement tensorrt-cu12\n"
+        "ERROR: No matching distribution found for tensorrt-cu12")
+    summary = pip_error_summary(output)
+    assert summary.splitlines() == ["ERROR: Could not find a version that satisfies the requirement tensorrt-cu12",
+                                    "ERROR: No matching distribution found for tensorrt-cu12"]
+    assert pip_error_summary("a\nb\nc\nd") == "b\nc\nd"

@@ -6,8 +6,10 @@ start); never let a failed install stop the WebUI: record it in a status file th
 
 from __future__ import annotations
 
-import importlib.metadata
+import importlib
+import importlib.util
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +29,8 @@ class Requirement:
     pip: str
     """Arguments for ``launch.run_pip``."""
     why: str
+    probe: str = ""
+    """A module to import as well, where a present package can still be unusable."""
 
 
 @dataclass
@@ -47,28 +51,55 @@ class InstallStatus:
 
 
 def cuda_flavour() -> str:
-    """``cu13`` when the installed torch is a CUDA 13 build, else ``cu12`` (the WebUI's default torch)."""
-    try:
-        version = importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
+    """``cu13`` when the installed torch is a CUDA 13 build, else ``cu12`` (the WebUI's default torch).
+
+    Read from ``torch/version.py`` without importing torch (install.py runs at every start): PyPI's torch
+    wheels carry no ``+cu13`` in their version, only that file says which CUDA they were built for.
+    """
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
         return "cu12"
-    return "cu13" if "+cu13" in version else "cu12"
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return "cu12"
+    found = re.search(r"^cuda(?:\s*:[^=]*)?\s*=\s*['\"](\d+)", text, re.MULTILINE)
+    return "cu13" if found and int(found.group(1)) >= 13 else "cu12"
+
+
+def _imports(module: str) -> bool:
+    """Whether ``module`` imports: a present but broken package (e.g. an onnx too new for the WebUI's
+    protobuf) must be replaced, which ``launch.is_installed`` cannot tell."""
+    try:
+        importlib.import_module(module)
+    except Exception:  # ImportError, or whatever a half-compatible package raises at import
+        return False
+    return True
+
+
+def pip_error_summary(output: str, limit: int = 600) -> str:
+    """The lines of pip's output that say what went wrong (``ERROR:`` lines, else the last lines), whole."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    chosen = [line for line in lines if line.startswith("ERROR")] or lines[-3:]
+    text = "\n".join(chosen)
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
 def requirements(backend: str, flavour: str) -> list[Requirement]:
-    """Packages the extension needs with ``backend``. onnx goes in without dependencies because it would
-    otherwise upgrade the protobuf the WebUI pins. Version specifiers are quoted: the WebUI runs pip through
-    a shell, where an unquoted ``>=`` is a redirection."""
+    """Packages the extension needs with ``backend``, the engine package checked by its module name so that
+    either CUDA flavour counts. onnx goes in without dependencies because it would otherwise upgrade the
+    protobuf the WebUI pins (3.20), and below 1.19, the last releases that import with that protobuf and
+    need no ``ml_dtypes``. Version specifiers are quoted: the WebUI runs pip through a shell, where an unquoted
+    ``>=`` is a redirection."""
     engine = {
-        "tensorrt": Requirement(f"tensorrt_{flavour}", f'install "tensorrt-{flavour}>=10.0"',
-                                "builds and runs engines"),
-        "tensorrt_rtx": Requirement(f"tensorrt_rtx_{flavour}", f"install tensorrt-rtx-{flavour}",
+        "tensorrt": Requirement("tensorrt", f'install "tensorrt-{flavour}>=10.0"', "builds and runs engines"),
+        "tensorrt_rtx": Requirement("tensorrt_rtx", f"install tensorrt-rtx-{flavour}",
                                     "builds and runs engines on RTX GPUs"),
     }
     if backend not in engine:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(engine)}")
     return [
-        Requirement("onnx", 'install --no-deps "onnx>=1.14"', "the UNet is exported to ONNX"),
+        Requirement("onnx", 'install --no-deps "onnx>=1.14,<1.19"', "the UNet is exported to ONNX", probe="onnx"),
         Requirement("polygraphy", 'install "polygraphy>=0.49"', "engine inspection and loading helpers"),
         Requirement("safetensors", "install safetensors", "reads LoRA files"),
         Requirement("filelock", "install filelock", "keeps the engine manifest safe with two writers"),
@@ -77,18 +108,19 @@ def requirements(backend: str, flavour: str) -> list[Requirement]:
 
 
 def install(backend: str, is_installed: Callable[[str], bool], run_pip: Callable[[str, str], object],
-            status_path: Path, flavour: str | None = None) -> InstallStatus:
-    """Install what is missing; never raises for a failed package, records it instead."""
+            status_path: Path, flavour: str | None = None,
+            imports: Callable[[str], bool] = _imports) -> InstallStatus:
+    """Install what is missing or broken; never raises for a failed package, records it instead."""
     status = InstallStatus(backend, when=time.strftime("%Y-%m-%d %H:%M:%S"))
     for req in requirements(backend, flavour or cuda_flavour()):
-        if is_installed(req.name):
+        if is_installed(req.name) and (not req.probe or imports(req.probe)):
             continue
         try:
             run_pip(req.pip, f"{req.name} for the TensorRT extension ({req.why})")
             status.installed.append(req.name)
         except Exception as e:  # the WebUI's run_pip raises RuntimeError with pip's output
-            status.failed[req.name] = (f"{str(e).strip()[-600:]}\nInstall it by hand in the WebUI's Python: "
-                                       f"python -m pip {req.pip}")
+            status.failed[req.name] = (f"{pip_error_summary(str(e))}\nInstall it by hand in the WebUI's Python "
+                                       f"and restart the WebUI: python -m pip {req.pip}")
     try:
         atomic_write_text(status_path, json.dumps(asdict(status), indent=1))
     except OSError:

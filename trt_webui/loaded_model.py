@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from modules import devices, sd_unet, shared
+from modules import devices, sd_hijack, sd_unet, shared
 
 from trt_lib.errors import FamilyError, TrtError
 from trt_lib.families import Family, detect_family, unet_traits
@@ -52,19 +52,27 @@ def checkpoint_name() -> str | None:
 
 @contextmanager
 def pytorch_unet() -> Iterator[torch.nn.Module]:
-    """The loaded PyTorch UNet on the GPU with no engine active, for exporting; the previous sd_unet
-    state comes back afterwards. An active engine would otherwise receive the export's calls."""
+    """The loaded PyTorch UNet ready to export, as sampling runs it; everything comes back afterwards.
+
+    No engine is active (it would receive the export's calls); attention optimisations are off (xformers and
+    friends do not export, plain attention is what TensorRT fuses); and the WebUI's autocast is on, as during
+    sampling: its fp16 UNet runs GroupNorm in fp32 (``GroupNorm32`` upcasts) and its patched timestep
+    embedding casts to ``devices.dtype_unet``, which only autocast reconciles.
+    """
     was = sd_unet.current_unet_option
     if was is not None:
         sd_unet.apply_unet("None")
+    sd_hijack.model_hijack.apply_optimizations("None")
     unet = shared.sd_model.model.diffusion_model
     device = next(unet.parameters()).device
     if device != devices.device:
         unet.to(devices.device)
     try:
-        yield unet
+        with devices.autocast():
+            yield unet
     finally:
         if device != devices.device:
             unet.to(device)
+        sd_hijack.model_hijack.apply_optimizations()
         if was is not None:
             sd_unet.apply_unet()

@@ -33,6 +33,18 @@ class StableDiffusionModelHijack:
     def __init__(self) -> None:
         self.comments: list[str] = []
         self.extra_generation_params: dict[str, Any] = {}
+        self.optimization_method: str | None = None
+        self.optimization_calls: list[str | None] = []
+        """What ``apply_optimizations`` was asked for, in order (for tests)."""
+
+    def apply_optimizations(self, option: str | None = None) -> None:
+        """The WebUI applies ``option`` or, with none, the user's cross-attention setting; "None" means plain
+        attention. The stand-in's UNets have one attention, so only the choice is recorded."""
+        from modules import shared
+
+        self.optimization_calls.append(option)
+        selection = option or shared.opts.cross_attention_optimization
+        self.optimization_method = "" if selection == "None" else selection
 
     def hijack(self, m: Any) -> None:
         patch_unet(m.model.diffusion_model)

@@ -21,6 +21,7 @@ def _builtin_options() -> dict[str, OptionInfo]:
             "checkpoint"),
     })
     optimizations = options_section(("optimizations", "Optimizations", "sd"), {
+        "cross_attention_optimization": OptionInfo("Automatic", "Cross attention optimization"),
         "s_min_uncond": OptionInfo(0.0, "Negative Guidance minimum sigma", infotext="NGMS"),
         "s_min_uncond_all": OptionInfo(False, "Negative Guidance minimum sigma all steps", infotext="NGMS all steps"),
         "pad_cond_uncond": OptionInfo(False, "Pad prompt/negative prompt", infotext="Pad conds"),
