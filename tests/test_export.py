@@ -154,8 +154,8 @@ def test_cancel_leaves_nothing(tmp_path, cancel_at):
             raise BuildCancelled("cancelled by the user")
 
     with pytest.raises(BuildCancelled):
-        export(make_unet("sd1"), tmp_path / "unet.onnx", progress=progress)
-    assert list(tmp_path.iterdir()) == []
+        export(make_unet("sd1"), tmp_path / "key" / "unet.onnx", progress=progress)
+    assert list(tmp_path.iterdir()) == []  # the export's own folder is gone too
 
 
 def test_unwritable_folder_is_an_export_error(tmp_path):

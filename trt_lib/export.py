@@ -39,7 +39,7 @@ import torch
 from .errors import ExportError, TrtError
 from .families import Family
 from .profiles import CONTEXT_PER_CHUNK, PIXEL_GRID, UnetCall
-from .store import partial_path
+from .store import partial_path, remove_if_empty
 
 if TYPE_CHECKING:
     import onnx
@@ -111,6 +111,7 @@ def export_onnx(unet: torch.nn.Module, family: Family, path: Path, *,
     path = Path(path)
     start = time.perf_counter()
     work = partial_path(path)
+    made_folder = not path.parent.exists()
     stage = "preparing"
     from_progress: list[BaseException] = []
 
@@ -154,6 +155,8 @@ def export_onnx(unet: torch.nn.Module, family: Family, path: Path, *,
                           f"{type(e).__name__}: {e}") from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if made_folder and not path.exists():  # failed or cancelled: leave no empty export folder either
+            remove_if_empty(path.parent)
     return ExportReport(path=path, seconds=time.perf_counter() - start, onnx_bytes=size, external_data=external,
                         opset=max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                         dtype=_DTYPES[dtype], weight_map=weight_map_path(path), converted_copy=converted)

@@ -111,6 +111,8 @@ class JobQueue:
             except BuildCancelled as e:
                 self._finish(job, "cancelled", str(e))
             except TrtError as e:
+                if e.__cause__ is not None:  # an unexpected error under ours: keep its traceback in the console
+                    traceback.print_exception(e)
                 self._finish(job, "failed", str(e))
             except Exception as e:  # a bug or a library error: keep the worker alive and tell the user
                 traceback.print_exc()

@@ -114,7 +114,7 @@ class UnetCall:
         return cls(int(batch), int(h), int(w), int(list(context_shape)[1]))
 
     def __str__(self) -> str:
-        return (f"batch {self.batch}, {self.width}x{self.height} px, "
+        return (f"{self.batch} UNet rows (images x cond/uncond), {self.width}x{self.height} px, "
                 f"{self.context_len} context rows ({self.tokens} tokens)")
 
 

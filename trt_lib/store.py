@@ -241,6 +241,7 @@ class EngineStore:
             if onnx is not None:
                 for f in onnx.parent.glob(onnx.stem + "*"):
                     _unlink(f)
+                remove_if_empty(onnx.parent)
         return entry
 
     def cleanup(self) -> list[str]:
@@ -259,6 +260,7 @@ class EngineStore:
                 _unlink(path)
             elif path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
+            remove_if_empty(path.parent)
             discarded.append(str(path.relative_to(self.folder)))
         return discarded
 
@@ -307,3 +309,11 @@ def _unlink(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Drop a per-export folder once nothing is left in it (never the store's own folder)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty, already gone, or not ours to remove

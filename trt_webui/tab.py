@@ -45,10 +45,20 @@ def status_markdown() -> str:
 
 
 def preset_choices() -> list[str]:
+    """The loaded family's presets, its default first, then the custom profile."""
     try:
-        return [p.label for p in loaded_model.current().family.presets] + [CUSTOM]
+        family = loaded_model.current().family
     except TrtError:
         return [CUSTOM]
+    default = family.default_preset
+    return [default.label] + [p.label for p in family.presets if p is not default] + [CUSTOM]
+
+
+def refreshed_presets(current: str) -> dict:
+    """Keep the user's choice if the loaded family offers it, else its default preset (the tab is made
+    before the WebUI has loaded a checkpoint, so the first list may hold only the custom profile)."""
+    choices = preset_choices()
+    return gr.update(choices=choices, value=current if current in choices else choices[0])
 
 
 def profile_from(preset_label: str, *values: float) -> Profile:
@@ -168,7 +178,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
             None, _js="trtRefreshUnetList")
         cancel_button.click(cancel, job_id, result)
         delete_button.click(delete, engine_id, [deleted, engines]).then(None, _js="trtRefreshUnetList")
-        refresh_button.click(lambda: (engine_rows(), status_markdown(), gr.update(choices=preset_choices())),
-                             None, [engines, status, preset])
+        refresh_button.click(lambda current: (engine_rows(), status_markdown(), refreshed_presets(current)),
+                             preset, [engines, status, preset])
         fit_button.click(fit, [fw, fh, fb, fhr, fsc, ft, fn], fit_answer)
     return [(ui, "TensorRT", "tensorrt")]
