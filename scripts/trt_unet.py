@@ -25,7 +25,7 @@ class TensorRTScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def process_before_every_sampling(self, p, *args, **kwargs) -> None:
-        job_check.before_sampling(p, EXT.engines_for, kwargs.get("c"), kwargs.get("uc"))
+        job_check.before_sampling(p, kwargs.get("c"), kwargs.get("uc"))
 
     def postprocess(self, p, processed, *args) -> None:
         job_check.after_job(p)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,25 +30,49 @@ class OnnxRuntimeRunner(EngineRunner):
     def __init__(self, onnx_path: Path, input_names: Sequence[str], output_name: str,
                  profiles: Sequence[EngineProfile],
                  initializer_overrides: Mapping[str, np.ndarray] | None = None) -> None:
+        super().__init__(onnx_path, input_names, output_name, profiles)
+        self._values: dict[str, np.ndarray] = {}
+        self._names: set[str] | None = None
+        self._session = self._open(initializer_overrides or {})
+        self._dtypes = {i.name: i.type for i in self._session.get_inputs()}
+
+    def _open(self, overrides: Mapping[str, np.ndarray]) -> Any:
+        """A session whose initializers are the file's, except ``overrides`` (added to earlier ones)."""
         import onnxruntime as ort
 
-        super().__init__(onnx_path, input_names, output_name, profiles)
+        values = {**self._values, **{name: np.ascontiguousarray(v) for name, v in overrides.items()}}
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # Overrides stand in for a TensorRT refit; the OrtValues must outlive the session.
-        self._overrides = [(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)))
-                           for name, value in (initializer_overrides or {}).items()]
-        for name, value in self._overrides:
+        self._ort_values = [ort.OrtValue.ortvalue_from_numpy(v) for v in values.values()]
+        for name, value in zip(values, self._ort_values):
             options.add_initializer(name, value)
-        if self._overrides:
+        if values:
             # ORT folds weight transposes at load from the file's values, ignoring overrides (measured):
             # without graph optimisations every override reaches the computation, as a TensorRT refit does.
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own untyped errors for unreadable files
-            raise EngineRunError(f"cannot load {Path(onnx_path).name}: {e}") from e
-        self._dtypes = {i.name: i.type for i in self._session.get_inputs()}
+            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own untyped errors for unreadable files and unknown names
+            raise EngineRunError(f"cannot load {self.path.name}: {e}") from e
+        self._values = values
+        return session
+
+    def refit(self, weights: Mapping[str, np.ndarray]) -> None:
+        """As a TensorRT refit: the named initializers take these values, the rest keep theirs (a new
+        session, since ONNX Runtime cannot change weights in place)."""
+        unknown = sorted(set(weights) - self._initializer_names())
+        if unknown:
+            raise EngineRunError(f"{self.path.name} has no weight {', '.join(unknown[:3])}")
+        self._session = self._open(weights)
+
+    def _initializer_names(self) -> set[str]:
+        import onnx
+
+        if self._names is None:
+            model = onnx.load(str(self.path), load_external_data=False)
+            self._names = {i.name for i in model.graph.initializer}
+        return self._names
 
     def infer(self, feeds: Mapping[str, torch.Tensor], profile_index: int) -> torch.Tensor:
         first = feeds[self.input_names[0]]

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import EngineRunError
@@ -76,6 +77,13 @@ class EngineRunner(ABC):
     @abstractmethod
     def infer(self, feeds: Mapping[str, torch.Tensor], profile_index: int) -> torch.Tensor:
         """Run the engine with ``feeds`` under profile ``profile_index``."""
+
+    def refit(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Replace the named weights (ONNX initializer names) in place; the others keep their values.
+
+        Runners whose engine cannot be refitted say so; :class:`EngineRunError`.
+        """
+        raise EngineRunError(f"engine {self.path.name} cannot be refitted by {self.runtime_name}")
 
     def close(self) -> None:
         """Free what the runner holds (engine, contexts, buffers)."""

@@ -14,6 +14,7 @@ import torch
 
 from .errors import NoProfileError
 from .families import Family
+from .lora_refit import LoraRefitter
 from .matching import choose, explain
 from .profiles import UnetCall
 from .runtime import EngineRunner
@@ -26,8 +27,10 @@ class UnetSession:
     """The engines of one checkpoint, used in place of its PyTorch UNet."""
 
     def __init__(self, entries: Sequence[EngineEntry], family: Family, checkpoint: str,
-                 load_runner: RunnerFactory, max_loaded: int = 2) -> None:
+                 load_runner: RunnerFactory, max_loaded: int = 2, loras: LoraRefitter | None = None) -> None:
         self.entries = list(entries)
+        self.loras = loras
+        """Keeps the runners at the job's prompt LoRAs (refittable engines); None: never refitted."""
         self.family = family
         self.checkpoint = checkpoint
         self._load_runner = load_runner
@@ -50,8 +53,25 @@ class UnetSession:
             self._by_shape = {k: r for k, r in self._by_shape.items() if r is not old}
             old.close()
         runner = self._load_runner(choice.entry)
+        if self.loras is not None:
+            try:
+                self.loras.adopt(choice.entry, runner)
+            except BaseException:
+                runner.close()
+                raise
         self._runners[engine_id] = runner
         return runner
+
+    def loaded(self) -> list[tuple[EngineEntry, EngineRunner]]:
+        """The runners loaded now, with their engines."""
+        by_id = {e.id: e for e in self.entries}
+        return [(by_id[i], r) for i, r in self._runners.items()]
+
+    def sync_loras(self) -> None:
+        """Bring every loaded runner to the wanted LoRA set (runners loaded later are brought on load)."""
+        if self.loras is not None:
+            for entry, runner in self.loaded():
+                self.loras.sync(entry, runner)
 
     def preload(self, call: UnetCall) -> None:
         """Load the engine for a typical call before sampling, so the first step is not slow."""

@@ -33,9 +33,20 @@ class ProfileBody(BaseModel):
         extra = Extra.forbid
 
 
+class LoraBody(BaseModel):
+    name: str = Field(..., description="a LoRA name as in <lora:name:weight>")
+    weight: float = Field(1.0, description="UNet weight")
+
+    class Config:
+        extra = Extra.forbid
+
+
 class BuildBody(BaseModel):
     preset: Optional[str] = Field(None, description="a preset name from GET /presets")
     profiles: list[ProfileBody] = Field(default_factory=list, description="custom profiles (one engine)")
+    loras: list[LoraBody] = Field(default_factory=list, description="LoRAs baked into the engine (UNet part)")
+    refit: bool = Field(False, description="refittable engine: prompt LoRAs switch without a rebuild (slower "
+                                           "engine; TensorRT for RTX then needs the GPU while building)")
 
     class Config:
         extra = Extra.forbid
@@ -93,7 +104,7 @@ def start_build(body: BuildBody) -> dict[str, str]:
             profiles = [loaded_model.current().family.preset(body.preset).profile]
         else:
             profiles = [Profile.from_dict(p.dict()) for p in body.profiles]
-        job = EXT.submit_build(profiles)
+        job = EXT.submit_build(profiles, [lo.dict() for lo in body.loras], refit=body.refit)
     except TrtError as e:
         raise _fail(e) from e
     return {"job_id": job.id}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from modules import call_queue, sd_unet, shared
+from modules import call_queue, devices, sd_unet, shared
 
 from trt_lib.backends import get_backend
 from trt_lib.errors import BackendUnavailableError, TrtError
@@ -20,7 +20,7 @@ from trt_lib.runtime import EngineRunner
 from trt_lib.store import EngineEntry, EngineStore, Problem, Runtime
 from trt_lib.unet_session import UnetSession
 
-from . import loaded_model, settings
+from . import loaded_model, lora_bake, prompt_loras, settings
 from .provider import OptionCache
 
 RunnerFactory = Callable[[EngineStore, EngineEntry], EngineRunner]
@@ -73,13 +73,14 @@ class Extension:
             return str(e)
         return ""
 
-    def engines_for(self, checkpoint: str, family: Family | None = None) -> list[EngineEntry]:
-        """Usable engines of ``checkpoint`` (optionally of one family) for the selected backend and GPU."""
+    def engines_for(self, checkpoint: str, family: Family | None = None, lora_label: str = "") -> list[EngineEntry]:
+        """Usable engines of ``checkpoint`` (optionally of one family) with these baked LoRAs (none by default),
+        for the selected backend and GPU."""
         runtime = self.runtime()
         if runtime is None:
             return []
-        return [e for e in self.store.usable(runtime)
-                if e.checkpoint == checkpoint and (family is None or e.family == family.name) and not e.loras]
+        return [e for e in self.store.usable(runtime) if e.checkpoint == checkpoint
+                and (family is None or e.family == family.name) and e.lora_label == lora_label]
 
     def problems(self) -> list[Problem]:
         return self.store.problems(self.runtime())
@@ -87,35 +88,39 @@ class Extension:
     # -- sd_unet --------------------------------------------------------------------------------------
 
     def list_unets(self, unet_list: list) -> None:
-        """on_list_unets callback: an option for each checkpoint that has a usable engine."""
+        """on_list_unets callback: an option for each checkpoint that has a usable engine, and one for each set
+        of LoRAs baked into engines of it; the plain one first, so that "Automatic" picks it."""
         try:
             runtime = self.runtime()
             entries = self.store.usable(runtime) if runtime else []
         except TrtError as e:
             print(f"[TensorRT] engine list unavailable: {e}")
             return
-        names = sorted({e.checkpoint for e in entries if not e.loras})
-        unet_list.extend(self.options.options(names))
+        unet_list.extend(self.options.options(sorted({(e.checkpoint, e.lora_label) for e in entries})))
 
     def refresh_unets(self) -> None:
         sd_unet.list_unets()
 
-    def open_session(self, checkpoint: str) -> UnetSession:
-        entries = self.engines_for(checkpoint)
+    def open_session(self, checkpoint: str, lora_label: str = "") -> UnetSession:
+        """The engines of one dropdown option. Prompt LoRAs are refitted into plain engines only: engines with
+        baked LoRAs keep theirs (see :func:`prompt_loras.before_sampling`)."""
+        entries = self.engines_for(checkpoint, lora_label=lora_label)
         if not entries:
             reasons = "; ".join(p.reason for p in self.problems()) or "build one in the TensorRT tab"
             raise TrtError(f"no usable engine for {checkpoint}: {reasons}")
         family = get_family(entries[0].family)
         store = self.store
-        return UnetSession(entries, family, checkpoint, lambda entry: self.runner_factory(store, entry))
+        return UnetSession(entries, family, checkpoint, lambda entry: self.runner_factory(store, entry),
+                           loras=None if lora_label else prompt_loras.refitter(store))
 
     # -- builds ---------------------------------------------------------------------------------------
 
-    def submit_build(self, profiles: list[Profile], loras: list[dict] | None = None) -> Job:
+    def submit_build(self, profiles: list[Profile], loras: list[dict] | None = None, refit: bool = False) -> Job:
         """Queue an engine build for the loaded checkpoint; bad input is refused before anything is queued."""
         model = loaded_model.current()
         request = BuildRequest(model.checkpoint, model.hash, model.family, profiles, backend=settings.backend(),
-                               compute_capability=settings.compute_capability(), loras=list(loras or []))
+                               compute_capability=settings.compute_capability(),
+                               loras=lora_bake.check_loras(loras or []), refit=refit, dtype=devices.dtype_unet)
         request.validate()
         get_backend(request.backend).version()  # refuse now, with the fix, if the backend is missing
         store = self.store
@@ -125,7 +130,8 @@ class Extension:
                 if loaded_model.checkpoint_name() != model.checkpoint:
                     raise TrtError(f"the checkpoint changed to {loaded_model.checkpoint_name()} before the build "
                                    f"of {model.checkpoint} started; build again")
-                with loaded_model.pytorch_unet() as unet:
+                with loaded_model.pytorch_unet() as unet, \
+                        lora_bake.baked(unet, request.loras) if request.loras else contextlib.nullcontext():
                     onnx_path = export_stage(unet, request, store, progress=job.report, cancel=job.cancel,
                                              device=next(unet.parameters()).device)
             gpu = get_backend(request.backend).needs_gpu_to_build(request.refit)

@@ -18,13 +18,13 @@ from trt_lib.job_shapes import JobSpec, Pass, unet_calls
 from trt_lib.matching import plan
 from trt_lib.profiles import TOKENS_PER_CHUNK, tokens_for_context
 
-from . import loaded_model, settings
-from .provider import TrtUnet
+from . import loaded_model, prompt_loras, settings
+from .provider import CheckpointMismatchError, TrtUnet
 
 FELL_BACK = "_trt_fell_back"
 
 
-def before_sampling(p: Any, engines_for: Any, c: Any = None, uc: Any = None) -> None:
+def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
     """Check the whole job once; reject (via the engine) or fall back as the settings say."""
     unet = sd_unet.current_unet
     if not isinstance(unet, TrtUnet):
@@ -32,9 +32,19 @@ def before_sampling(p: Any, engines_for: Any, c: Any = None, uc: Any = None) -> 
     try:
         model = loaded_model.current()
         if model.checkpoint != unet.option.model_name:
-            return  # another checkpoint's PyTorch UNet runs (see TrtUnet.forward)
-        spec = job_spec(p, c, uc)
-        plan(engines_for(model.checkpoint, model.family), unet_calls(spec), model.family, model.title)
+            if getattr(p, "is_hr_pass", False):
+                return  # the refiner was loaded during the first pass: its PyTorch UNet runs (TrtUnet.forward)
+            raise CheckpointMismatchError(
+                f"{unet.option.label} holds engines for {unet.option.model_name}, but {model.checkpoint} is "
+                "loaded. Choose 'Automatic' for SD Unet, or build engines for this checkpoint in the TensorRT tab.")
+        session = unet.session
+        if session is None:  # activate() could not load the engines; it kept the reason
+            raise unet.error if isinstance(unet.error, TrtError) else TrtError(
+                f"{unet.option.label} could not be loaded: {unet.error}")
+        calls = unet_calls(job_spec(p, c, uc))
+        plan(session.entries, calls, model.family, model.title)
+        session.preload(calls[0])  # an engine that cannot load here (no GPU, other GPU) is found before any step
+        prompt_loras.before_sampling(p, session)
     except TrtError as e:
         reject(p, unet, e)
 

@@ -34,11 +34,12 @@ def for_api(error: TrtError) -> TrtError:
 
 
 class TrtUnetOption(sd_unet.SdUnetOption):
-    """Dropdown entry for the engines of one checkpoint."""
+    """Dropdown entry for the engines of one checkpoint with one set of baked LoRAs (none for most)."""
 
-    def __init__(self, checkpoint: str, open_session: Callable[[str], UnetSession]) -> None:
+    def __init__(self, checkpoint: str, lora_label: str, open_session: Callable[[str, str], UnetSession]) -> None:
         self.model_name = checkpoint
-        self.label = LABEL_PREFIX + checkpoint
+        self.lora_label = lora_label
+        self.label = LABEL_PREFIX + checkpoint + (f" [LoRA {lora_label}]" if lora_label else "")
         self._open_session = open_session
 
     def create_unet(self) -> TrtUnet:
@@ -59,7 +60,7 @@ class TrtUnet(sd_unet.SdUnet):
 
     def activate(self) -> None:
         try:
-            self.session = self.option._open_session(self.option.model_name)
+            self.session = self.option._open_session(self.option.model_name, self.option.lora_label)
         except Exception as e:  # never raise here: the WebUI would be left without a UNet
             self.error = e
             print(f"[TensorRT] {self.option.label} cannot be used: {e}")
@@ -106,14 +107,15 @@ class TrtUnet(sd_unet.SdUnet):
 
 
 class OptionCache:
-    """Keeps one option object per checkpoint so that refreshing the list never reloads an active engine."""
+    """Keeps one option object per (checkpoint, baked LoRAs) so that refreshing the list never reloads an
+    active engine."""
 
-    def __init__(self, open_session: Callable[[str], UnetSession]) -> None:
+    def __init__(self, open_session: Callable[[str, str], UnetSession]) -> None:
         self._open_session = open_session
-        self._options: dict[str, TrtUnetOption] = {}
+        self._options: dict[tuple[str, str], TrtUnetOption] = {}
 
-    def options(self, checkpoints: list[str]) -> list[TrtUnetOption]:
-        for name in checkpoints:
-            if name not in self._options:
-                self._options[name] = TrtUnetOption(name, self._open_session)
-        return [self._options[name] for name in checkpoints]
+    def options(self, groups: list[tuple[str, str]]) -> list[TrtUnetOption]:
+        for key in groups:
+            if key not in self._options:
+                self._options[key] = TrtUnetOption(*key, self._open_session)
+        return [self._options[key] for key in groups]

@@ -12,7 +12,7 @@ from trt_lib.errors import TrtError
 from trt_lib.install_plan import BACKEND_LABELS, InstallStatus
 from trt_lib.profiles import DIMENSIONS, Profile
 
-from . import loaded_model, settings
+from . import loaded_model, lora_bake, settings
 from .extension import EXT
 from .fit_check import FitQuestion, check_fit
 
@@ -84,9 +84,22 @@ def validate(preset_label: str, *values: float) -> str:
             "largest size")
 
 
-def build(preset_label: str, *values: Any, progress: gr.Progress = gr.Progress()) -> tuple[str, str, list]:  # noqa: B008
+def parse_loras(text: str) -> list[dict[str, Any]]:
+    """"name:weight, other" (weight 1 when left out) -> [{"name", "weight"}]."""
+    loras = []
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, _, weight = item.rpartition(":") if ":" in item else (item, "", "1")
+        try:
+            loras.append({"name": name.strip(), "weight": float(weight)})
+        except ValueError:
+            raise TrtError(f"LoRA {item!r}: write name:weight, e.g. {name.strip()}:0.8") from None
+    return loras
+
+
+def build(preset_label: str, lora_text: str, refit: bool, *values: Any,
+          progress: gr.Progress = gr.Progress()) -> tuple[str, str, list]:  # noqa: B008
     try:
-        job = EXT.submit_build([profile_from(preset_label, *values)])
+        job = EXT.submit_build([profile_from(preset_label, *values)], parse_loras(lora_text), refit=bool(refit))
     except TrtError as e:
         return f"⚠ {e}", "", engine_rows()
     while job.state in ("queued", "running"):
@@ -149,6 +162,12 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                             fields += [gr.Number(v, label=f"{dim} {part}", precision=0)
                                        for v, part in zip(defaults[dim], ("min", "opt", "max"))]
                 check = gr.Markdown(elem_id="trt_profile_check")
+                loras = gr.Textbox(label="LoRAs to bake into the engine (name:weight, comma-separated)",
+                                   elem_id="trt_loras", info=lora_bake.TEXT_ENCODER_NOTE)
+                refit = gr.Checkbox(False, label="Switch prompt LoRAs without a rebuild (refittable engine)",
+                                    elem_id="trt_refit", info="Prompt <lora:name:weight> then reaches the UNet by "
+                                    "refitting the engine. Refittable engines run a little slower, and TensorRT "
+                                    "for RTX needs the GPU while building them.")
                 with gr.Row():
                     build_button = gr.Button("Export and build engine", variant="primary", elem_id="trt_build")
                     cancel_button = gr.Button("Cancel", elem_id="trt_cancel")
@@ -174,7 +193,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
 
         for component in [preset, *fields]:
             component.change(validate, [preset, *fields], check)
-        build_button.click(build, [preset, *fields], [result, job_id, engines]).then(
+        build_button.click(build, [preset, loras, refit, *fields], [result, job_id, engines]).then(
             None, _js="trtRefreshUnetList")
         cancel_button.click(cancel, job_id, result)
         delete_button.click(delete, engine_id, [deleted, engines]).then(None, _js="trtRefreshUnetList")

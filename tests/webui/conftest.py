@@ -93,7 +93,8 @@ class Webui:
         self.monkeypatch.setattr(self.EXT, "runtime", lambda: STAND_IN)
         self.monkeypatch.setattr(self.EXT, "runner_factory", stand_in_runner)
 
-    def add_engine(self, checkpoint: str, family: str, profile: Profile | dict) -> EngineEntry:
+    def add_engine(self, checkpoint: str, family: str, profile: Profile | dict,
+                   loras: list[dict] | None = None) -> EngineEntry:
         """Record an engine for ``checkpoint`` (made with seed 0) whose ONNX is the real export of its UNet."""
         fam = get_family(family)
         profile = profile if isinstance(profile, Profile) else Profile.from_dict(profile)
@@ -109,7 +110,7 @@ class Webui:
             id=engine_id, checkpoint=info.model_name, checkpoint_hash=info.sha256, family=fam.name,
             profiles=[profile.to_dict()], backend=STAND_IN.backend, backend_version=STAND_IN.backend_version,
             compute_capabilities=[], engine_file=f"{engine_id}.engine", engine_bytes=0,
-            onnx_file=f"{onnx_dir}/unet.onnx", dtype="float32"))
+            onnx_file=f"{onnx_dir}/unet.onnx", dtype="float32", loras=list(loras or [])))
 
     # -- jobs --------------------------------------------------------------------------------------------
 

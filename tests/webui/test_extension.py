@@ -82,3 +82,18 @@ print(len(tabs), [d.script_class.__name__ for d in scripts.scripts_data], errors
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "1 ['TensorRTScript'] []"
+
+
+def test_engines_with_baked_loras_get_their_own_option_after_the_plain_one(webui):
+    webui.add_checkpoint("a.safetensors", "sd1")
+    webui.load("a.safetensors")
+    webui.use_stand_in()
+    baked = webui.add_engine("a.safetensors", "sd1", SMALL, loras=[{"name": "film grain", "weight": 0.8}])
+    plain = webui.add_engine("a.safetensors", "sd1", SMALL)
+    webui.sd_unet.list_unets()
+    assert webui.shared_items.sd_unet_items() == ["Automatic", "[TRT] a", "[TRT] a [LoRA film grain:0.8]", "None"]
+    webui.sd_unet.apply_unet()  # "Automatic" takes the plain engines
+    assert [e.id for e in webui.sd_unet.current_unet.session.entries] == [plain.id]
+    webui.shared.opts.set("sd_unet", "[TRT] a [LoRA film grain:0.8]")
+    webui.sd_unet.apply_unet()
+    assert [e.id for e in webui.sd_unet.current_unet.session.entries] == [baked.id]

@@ -165,15 +165,29 @@ def test_fallback_runs_on_pytorch_says_so_once_and_restores_the_engine(sd1, monk
     assert len(calls) == 2
 
 
-def test_explicit_label_survives_a_checkpoint_switch_without_running_wrong_engines(sd1, monkeypatch):
+@pytest.mark.catalogue("sampling")
+def test_an_engine_of_another_checkpoint_is_never_run(sd1, monkeypatch):
     sd1.add_checkpoint("other.safetensors", "sd1", seed=1)
     sd1.shared.opts.set("sd_unet", "[TRT] sub_sd15 v1")
     calls = record_calls(sd1, monkeypatch)
     sd1.txt2img(prompt="a cat", steps=2)
     assert len(calls) == 2
-    sd1.load("other.safetensors")
+    sd1.load("other.safetensors")  # the explicit label stays selected
+    with pytest.raises(Exception, match="holds engines for sub_sd15 v1, but other is loaded") as caught:
+        sd1.txt2img(prompt="a cat", steps=2)
+    assert caught.value.status_code == 409 and len(calls) == 2
+
+    sd1.shared.opts.set("trt_on_uncovered", "fallback")
     with_label = sd1.txt2img(prompt="a cat", steps=2)
-    assert sd1.shared.sd_model.sd_checkpoint_info.model_name == "other"
+    assert "PyTorch UNet used" in with_label.info and len(calls) == 2
     sd1.shared.opts.set("sd_unet", "None")
     pytorch = sd1.txt2img(prompt="a cat", steps=2)
     assert torch.equal(with_label.images[0], pytorch.images[0])  # other's own UNet ran, not sd15's engine
+
+
+@pytest.mark.catalogue("sampling")
+def test_an_engine_that_cannot_load_falls_back_when_asked(sd1, monkeypatch):
+    sd1.shared.opts.set("trt_on_uncovered", "fallback")
+    (sd1.EXT.store.folder / "onnx").rename(sd1.EXT.store.folder / "moved")
+    result = sd1.txt2img(prompt="a cat", steps=2)
+    assert "PyTorch UNet used" in result.info and "cannot load" in result.info

@@ -169,7 +169,11 @@ class Backend:
         if cache_path is not None:
             atomic_write_bytes(cache_path, config.get_timing_cache().serialize())
         report("writing the engine", BUILD_END)
-        atomic_write_bytes(engine_path, plan)
+        try:
+            atomic_write_bytes(engine_path, plan)
+        except OSError as e:  # disk full, permission denied: nothing was written (atomic_write_bytes cleans up)
+            raise BuildError(f"could not write {engine_path.name} into {engine_path.parent}: {e.strerror or e}. "
+                             "Free some disk space or choose another engine folder in Settings → TensorRT.") from e
         report("engine built", 1.0)
         return BuildReport(backend=self.name, backend_version=str(trt.__version__), compute_capabilities=(target,),
                            seconds=time.perf_counter() - started, engine_bytes=engine_path.stat().st_size,

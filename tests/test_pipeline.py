@@ -1,0 +1,110 @@
+"""The whole library path per family: tiny UNet → ONNX → TensorRT-for-RTX engine (built here, on the CPU, for
+compute capability 8.9) → manifest → the stand-in runtime through the runner interface, against PyTorch."""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+import pytest
+import torch
+
+from trt_lib.errors import BuildCancelled, BuildError, EngineRunError, ExportError
+from trt_lib.families import get_family, load_families
+from trt_lib.onnx_runtime import stand_in_runner
+from trt_lib.pipeline import BuildRequest, build_engine, export_stage
+from trt_lib.profiles import UnetCall
+from trt_lib.store import EngineStore
+
+pytest.importorskip("tensorrt_rtx")
+
+
+def request_for(family_name: str, **kwargs) -> BuildRequest:
+    family = get_family(family_name)
+    return BuildRequest(f"ckpt-{family_name}", "abc123", family, [family.default_preset.profile],
+                        backend="tensorrt_rtx", compute_capability="8.9", dtype=torch.float32, **kwargs)
+
+
+def manifest_bytes(store: EngineStore) -> bytes | None:
+    path = store.folder / "manifest.json"
+    return path.read_bytes() if path.is_file() else None
+
+
+@pytest.mark.parametrize("family_name", sorted(load_families()))
+def test_each_family_exports_builds_records_and_runs(family_name, tiny_unet, tmp_path):
+    unet, family = tiny_unet(family_name), get_family(family_name)
+    store = EngineStore(tmp_path / "engines")
+    stages: list[float] = []
+    entry = build_engine(unet, request_for(family_name), store, progress=lambda stage, f: stages.append(f))
+
+    assert stages == sorted(stages) and stages[-1] == 1.0
+    again = EngineStore(tmp_path / "engines").get(entry.id)  # manifest round trip, from a fresh reader
+    assert again == entry and again.backend == "tensorrt_rtx" and again.compute_capabilities == ["8.9"]
+    assert store.engine_path(again).stat().st_size == again.engine_bytes > 0
+    assert store.usable() == [again]
+
+    runner = stand_in_runner(store, again)
+    preset = family.default_preset.profile
+    lo, hi = preset.height.min // 8, preset.height.max // 8
+    for call in (UnetCall(2 * preset.batch.max, lo, lo, 154), UnetCall(preset.batch.min, hi, lo, 77)):
+        feeds = family.example_inputs(call.batch, call.height, call.width, call.context_len, seed=3)
+        with torch.no_grad():
+            ref = unet(feeds["sample"], feeds["timesteps"], feeds["encoder_hidden_states"], y=feeds.get("y"))
+        out = runner(feeds)
+        assert out.shape == ref.shape and torch.isfinite(out).all()
+        assert float((out - ref).norm() / ref.norm()) <= 1e-4, call
+
+
+@pytest.mark.catalogue("interruptions")
+def test_cancel_during_the_build_leaves_the_store_as_it_was(tiny_unet, tmp_path):
+    store = EngineStore(tmp_path / "engines")
+    first = build_engine(tiny_unet("sd1"), request_for("sd1"), store)
+    before = manifest_bytes(store)
+    cancel = threading.Event()
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage.startswith("building:"):
+            cancel.set()
+
+    with pytest.raises(BuildCancelled):
+        build_engine(tiny_unet("sd1"), request_for("sd1"), store, progress=progress, cancel=cancel)
+    assert manifest_bytes(store) == before and [e.id for e in store.entries()] == [first.id]
+    assert sorted(p.name for p in store.folder.glob("*.engine")) == [first.engine_file]
+
+
+@pytest.mark.catalogue("files")
+def test_disk_full_during_export_is_a_clear_error_and_leaves_nothing(tiny_unet, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx, "export", full)
+    store = EngineStore(tmp_path / "engines")
+    with pytest.raises(ExportError, match="No space left on device"):
+        export_stage(tiny_unet("sd1"), request_for("sd1"), store)
+    assert [p for p in store.folder.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.catalogue("files")
+def test_disk_full_while_writing_the_engine_is_a_clear_error_and_records_nothing(tiny_unet, tmp_path, monkeypatch):
+    import trt_lib.backends.trt10 as trt10
+
+    store = EngineStore(tmp_path / "engines")
+    onnx_path = export_stage(tiny_unet("sd1"), request_for("sd1"), store)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trt10.os, "fsync", full)
+    with pytest.raises(BuildError, match="No space left on device.*Free some disk space"):
+        build_engine(tiny_unet("sd1"), request_for("sd1"), store)
+    assert store.entries() == [] and list(store.folder.glob("*.engine*")) == []
+    assert onnx_path.is_file()  # the export stays for the next try
+
+
+@pytest.mark.catalogue("files")
+def test_an_engine_whose_onnx_went_missing_is_a_clear_error(tiny_unet, tmp_path):
+    store = EngineStore(tmp_path / "engines")
+    entry = build_engine(tiny_unet("sd1"), request_for("sd1"), store)
+    store.onnx_path(entry).unlink()
+    with pytest.raises(EngineRunError, match="cannot load"):
+        stand_in_runner(store, entry)

@@ -1,0 +1,140 @@
+"""LoRAs through the WebUI's own Lora extension (its ``networks`` module): merged into the loaded UNet for an
+export (baking), or for a moment to read merged weights for a refit, then restored from its CPU backups.
+
+Merging through the WebUI's code means every LoRA type and key layout it understands works the same here.
+A bake checks the restore bit for bit (a digest of every UNet tensor before and after) and refuses to let
+the engine be recorded otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from trt_lib.errors import TrtError
+from trt_lib.lora_refit import LoraError, LoraKey, describe, key_of_entries, state_digest
+
+MERGED_TYPES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.MultiheadAttention)
+"""The layer types whose forward the WebUI patches to call ``network_apply_weights``."""
+
+TEXT_ENCODER_NOTE = ("Only the UNet part of a LoRA goes into the engine; its text-encoder part keeps working "
+                     "through the WebUI when the LoRA is also in the prompt.")
+
+
+class LoraNotFoundError(LoraError):
+    status_code = 404
+
+
+class LoraUnavailableError(TrtError):
+    status_code = 503
+
+
+class LoraRestoreError(TrtError):
+    """The UNet did not come back to its exact weights after a bake: the engine must not be recorded."""
+
+    status_code = 500
+
+
+@dataclass(frozen=True)
+class MergeInfo:
+    """What one merge touched: the UNet layers it changes, and how many text-encoder layers it left alone."""
+
+    layers: list[torch.nn.Module]
+    text_encoder_layers: int
+
+
+def networks() -> ModuleType:
+    """The WebUI's ``networks`` module (imported by the built-in Lora extension when it loaded)."""
+    module = sys.modules.get("networks")
+    if module is None or not hasattr(module, "network_apply_weights"):
+        raise LoraUnavailableError("the built-in Lora extension is not loaded (enable it under Extensions)")
+    return module
+
+
+def check_loras(loras: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``[{"name", "weight"}]`` normalised; :class:`LoraNotFoundError` listing the available LoRAs for an
+    unknown name (the list is re-read from disk first, as the WebUI does)."""
+    checked = [{"name": str(lo["name"]), "weight": float(lo.get("weight", 1.0))} for lo in loras]
+    if not checked:
+        return checked
+    net = networks()
+    unknown = [lo["name"] for lo in checked if lo["name"] not in net.available_network_aliases]
+    if unknown:
+        net.list_available_networks()
+        unknown = [name for name in unknown if name not in net.available_network_aliases]
+    if unknown:
+        names = ", ".join(sorted(net.available_networks)) or "none (put LoRA files into models/Lora)"
+        raise LoraNotFoundError(f"unknown LoRA {', '.join(map(repr, unknown))}; available: {names}")
+    return checked
+
+
+def unet_layers(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """The UNet layers the WebUI merges LoRAs into (those its Lora extension named)."""
+    return [m for m in unet.modules() if isinstance(m, MERGED_TYPES) and hasattr(m, "network_layer_name")]
+
+
+def _apply(layers: Iterable[torch.nn.Module]) -> None:
+    net = networks()
+    with torch.no_grad():
+        for layer in layers:
+            net.network_apply_weights(layer)
+
+
+@contextmanager
+def merged(unet: torch.nn.Module, key: LoraKey, also: Iterable[torch.nn.Module] = ()) -> Iterator[MergeInfo]:
+    """``unet`` with the LoRA set ``key`` merged by the WebUI (its layers, plus ``also`` brought to the same
+    state); afterwards those layers are restored from the WebUI's CPU backups and its loaded LoRA list, with
+    each LoRA's multipliers, is put back as it was."""
+    net = networks()
+    saved = [(n, n.te_multiplier, n.unet_multiplier, n.dyn_dim) for n in net.loaded_networks]
+    layers: list[torch.nn.Module] = list(also)
+    try:
+        if key:
+            net.load_networks([u.name for u in key], [u.weight for u in key], [u.weight for u in key],
+                              [u.dyn_dim for u in key])
+            loaded = {n.name for n in net.loaded_networks}
+            missing = [u.name for u in key if u.name not in loaded]
+            if missing:
+                raise LoraNotFoundError(f"LoRA {', '.join(missing)} could not be loaded")
+        else:
+            net.loaded_networks.clear()
+        inside = {id(m) for m in unet_layers(unet)}
+        touched = {id(m.sd_module): m.sd_module for n in net.loaded_networks for m in n.modules.values()}
+        changes = [m for i, m in touched.items() if i in inside]
+        layers += [m for m in changes if all(m is not x for x in layers)]
+        _apply(layers)
+        yield MergeInfo(changes, sum(i not in inside for i in touched))
+    finally:
+        net.loaded_networks.clear()
+        _apply(layers)
+        for n, te, unet_multiplier, dyn in saved:
+            n.te_multiplier, n.unet_multiplier, n.dyn_dim = te, unet_multiplier, dyn
+            net.loaded_networks.append(n)
+
+
+@contextmanager
+def baked(unet: torch.nn.Module, loras: Sequence[Mapping[str, Any]]) -> Iterator[MergeInfo]:
+    """``unet`` with ``loras`` merged for an export; restored afterwards and checked bit for bit
+    (:class:`LoraRestoreError` if any tensor differs, so the caller records nothing)."""
+    key = key_of_entries(check_loras(loras))
+    net = networks()
+    saved = list(net.loaded_networks)
+    net.loaded_networks.clear()
+    _apply(unet_layers(unet))  # LoRAs an earlier PyTorch job merged lazily come off first: bake onto the base
+    net.loaded_networks[:] = saved
+    before = state_digest(unet)
+    with merged(unet, key) as info:
+        if not info.layers:
+            raise LoraError(f"LoRA {describe(key)} changes no layer of this UNet (made for another model family?)")
+        yield info
+    changed = [k for k, digest in state_digest(unet).items() if before.get(k) != digest]
+    if changed:
+        raise LoraRestoreError(f"after baking {describe(key)} the UNet's weights did not come back exactly "
+                               f"({len(changed)} tensors differ, e.g. {changed[0]}); the engine was not recorded. "
+                               "Reload the checkpoint before generating.")

@@ -1,0 +1,82 @@
+"""Prompt LoRAs (``<lora:name:weight>``) on engines, switched by refit instead of a rebuild.
+
+With an engine active the PyTorch UNet never runs, so the WebUI's LoRA merge (done lazily in each layer's
+forward) never reaches the UNet. The WebUI has parsed the prompt and loaded the networks by the time
+sampling starts; this module reads that set, merges it for a moment on the CPU copy of the UNet, and refits
+the engines with the changed weights (once per change of set). An engine that cannot take it raises
+:class:`~trt_lib.lora_refit.UncoveredLoraError`, which the job check turns into a rejection or a fallback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from modules import shared
+
+from trt_lib.export import load_weight_map
+from trt_lib.lora_refit import (
+    LoraKey,
+    LoraRefitter,
+    LoraUse,
+    MergedWeights,
+    UncoveredLoraError,
+    describe,
+    key_of_entries,
+    lora_key,
+    parameter_keys,
+)
+from trt_lib.store import EngineStore
+from trt_lib.unet_session import UnetSession
+
+from .lora_bake import merged
+
+INFO_KEY = "TensorRT LoRA"
+
+
+def wanted() -> LoraKey:
+    """The LoRA set the WebUI loaded for this job (empty without the Lora extension)."""
+    net = sys.modules.get("networks")
+    loaded = getattr(net, "loaded_networks", [])
+    return lora_key(LoraUse(n.name, float(n.unet_multiplier), n.dyn_dim) for n in loaded)
+
+
+def merge(key: LoraKey, extra: frozenset[str]) -> MergedWeights:
+    """The loaded checkpoint's UNet weights under ``key``: those it changes plus ``extra`` (copied to the
+    CPU before the UNet is restored)."""
+    unet = shared.sd_model.model.diffusion_model
+    also = {id(m): m for m in (unet.get_submodule(k.rpartition(".")[0]) for k in extra)}
+    with merged(unet, key, also.values()) as info:
+        changed = parameter_keys(unet, info.layers)
+        state = unet.state_dict()
+        values = {k: state[k].detach().to("cpu", copy=True) for k in changed | extra}
+    return MergedWeights(key, changed, values)
+
+
+def refitter(store: EngineStore) -> LoraRefitter:
+    """The refitter of one session: weight maps from each engine's ONNX export."""
+    return LoraRefitter(merge, lambda entry: load_weight_map(store.onnx_path(entry)))
+
+
+def before_sampling(p: Any, session: UnetSession | None) -> None:
+    """Bring the session's engines to this job's LoRAs; raises when an engine cannot take them.
+
+    Engines with baked LoRAs keep them: a prompt may name the same LoRAs (for their text-encoder part), but
+    another set cannot reach such an engine's UNet.
+    """
+    if session is None:
+        return
+    key = wanted()
+    if session.loras is None:
+        baked = key_of_entries(session.entries[0].loras) if session.entries else ()
+        if key and key != baked:
+            raise UncoveredLoraError(
+                f"the selected engine has {describe(baked)} baked in, but the prompt asks for {describe(key)}; "
+                "choose the checkpoint's engine without baked LoRAs (built refittable), or bake this set")
+        return
+    if key == session.loras.wanted == ():
+        return
+    session.loras.want(key, session.entries)
+    session.sync_loras()
+    if key:
+        p.extra_generation_params[INFO_KEY] = f"{describe(key)} (refit)"
