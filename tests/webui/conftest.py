@@ -112,6 +112,15 @@ class Webui:
             compute_capabilities=[], engine_file=f"{engine_id}.engine", engine_bytes=0,
             onnx_file=f"{onnx_dir}/unet.onnx", dtype="float32", loras=list(loras or [])))
 
+    def with_engine(self, checkpoint: str, family: str, profile: Profile | dict) -> Webui:
+        """Add ``checkpoint``, load it and give it a stand-in engine with ``profile``, listed in the dropdown."""
+        self.add_checkpoint(checkpoint, family)
+        self.load(checkpoint)
+        self.use_stand_in()
+        self.add_engine(checkpoint, family, profile)
+        self.sd_unet.list_unets()
+        return self
+
     # -- jobs --------------------------------------------------------------------------------------------
 
     def txt2img(self, **kwargs: Any) -> Any:

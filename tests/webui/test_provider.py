@@ -41,12 +41,7 @@ def shapes(calls: list[dict]) -> list[tuple]:
 
 @pytest.fixture
 def sd1(webui):
-    webui.add_checkpoint("sub/sd15 v1.safetensors", "sd1")
-    webui.load("sub/sd15 v1.safetensors")
-    webui.use_stand_in()
-    webui.add_engine("sub/sd15 v1.safetensors", "sd1", SMALL)
-    webui.sd_unet.list_unets()
-    return webui
+    return webui.with_engine("sub/sd15 v1.safetensors", "sd1", SMALL)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
@@ -102,11 +97,7 @@ def test_hires_pass_and_negative_guidance_minimum_sigma(sd1, monkeypatch):
 
 
 def test_sdxl_receives_y(webui, monkeypatch):
-    webui.add_checkpoint("xl/base.safetensors", "sdxl")
-    webui.load("xl/base.safetensors")
-    webui.use_stand_in()
-    webui.add_engine("xl/base.safetensors", "sdxl", SMALL)
-    webui.sd_unet.list_unets()
+    webui.with_engine("xl/base.safetensors", "sdxl", SMALL)
     calls = record_calls(webui, monkeypatch)
     webui.txt2img(prompt="a cat", steps=2, batch_size=2)
     assert calls and all(c["y"] is not None and c["y"].shape == (4, 2816) for c in calls)
@@ -114,11 +105,7 @@ def test_sdxl_receives_y(webui, monkeypatch):
 
 
 def test_inpainting_unet_gets_nine_channels(webui, monkeypatch):
-    webui.add_checkpoint("inpaint.safetensors", "sd1-inpaint")
-    webui.load("inpaint.safetensors")
-    webui.use_stand_in()
-    webui.add_engine("inpaint.safetensors", "sd1-inpaint", SMALL)
-    webui.sd_unet.list_unets()
+    webui.with_engine("inpaint.safetensors", "sd1-inpaint", SMALL)
     calls = record_calls(webui, monkeypatch)
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 2:6, 2:6] = 1
@@ -128,11 +115,7 @@ def test_inpainting_unet_gets_nine_channels(webui, monkeypatch):
 
 
 def test_uncovered_job_stops_before_the_first_step_naming_what_is_missing(webui, monkeypatch):
-    webui.add_checkpoint("sd15.safetensors", "sd1")
-    webui.load("sd15.safetensors")
-    webui.use_stand_in()
-    webui.add_engine("sd15.safetensors", "sd1", {"batch": 1, "height": 512, "width": 512, "tokens": 75})
-    webui.sd_unet.list_unets()
+    webui.with_engine("sd15.safetensors", "sd1", {"batch": 1, "height": 512, "width": 512, "tokens": 75})
     runs = []
     monkeypatch.setattr(webui.EXT, "runner_factory", lambda *a: runs.append(a))
     with pytest.raises(Exception) as caught:
