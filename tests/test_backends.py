@@ -110,6 +110,7 @@ def test_engine_holds_every_profile(onnx_path: Path, tmp_path: Path) -> None:
     assert two.engine_bytes > one.engine_bytes
 
 
+@pytest.mark.catalogue("interruptions")
 def test_cancel_mid_build_leaves_nothing(onnx_path: Path, tmp_path: Path) -> None:
     cancel = threading.Event()
     seen: list[float] = []
@@ -125,6 +126,7 @@ def test_cancel_mid_build_leaves_nothing(onnx_path: Path, tmp_path: Path) -> Non
     assert files(tmp_path) == []
 
 
+@pytest.mark.catalogue("interruptions")
 def test_progress_callback_error_stops_the_build(onnx_path: Path, tmp_path: Path) -> None:
     def progress(stage: str, fraction: float) -> None:
         if stage.startswith("building: "):
@@ -135,6 +137,7 @@ def test_progress_callback_error_stops_the_build(onnx_path: Path, tmp_path: Path
     assert files(tmp_path) == []
 
 
+@pytest.mark.catalogue("files")
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_broken_onnx_is_a_build_error_naming_the_problem(onnx_path: Path, tmp_path: Path, damage: str) -> None:
     bad = tmp_path / "in" / "bad.onnx"
@@ -147,6 +150,7 @@ def test_broken_onnx_is_a_build_error_naming_the_problem(onnx_path: Path, tmp_pa
     assert not out.exists() or files(out) == []
 
 
+@pytest.mark.catalogue("profiles")
 def test_profile_with_wrong_inputs_is_refused(onnx_path: Path, tmp_path: Path) -> None:
     wrong = {k: v for k, v in SMALL.items() if k != "timesteps"}
     with pytest.raises(BuildError, match="profile 1 gives shapes for .*has inputs .*timesteps"):
@@ -154,6 +158,7 @@ def test_profile_with_wrong_inputs_is_refused(onnx_path: Path, tmp_path: Path) -
     assert files(tmp_path) == []
 
 
+@pytest.mark.catalogue("install")
 @pytest.mark.parametrize("target", ["9.0", "12.3"])
 def test_unsupported_compute_capability_lists_the_supported(onnx_path: Path, tmp_path: Path, target: str) -> None:
     with pytest.raises(BuildError, match=rf"cannot build for compute capability {target}; it supports .*8\.9"):
@@ -164,6 +169,7 @@ def test_other_supported_target(onnx_path: Path, tmp_path: Path) -> None:
     assert build(onnx_path, tmp_path, compute_capability="12.0").compute_capabilities == ("12.0",)
 
 
+@pytest.mark.catalogue("install")
 @pytest.mark.skipif(not NO_GPU, reason="checks the refusal without a GPU")
 def test_no_target_without_gpu_asks_for_one(onnx_path: Path, tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="choose the compute capability .* in Settings"):
@@ -204,6 +210,7 @@ def test_phase_tracker_nests_and_never_goes_back() -> None:
     assert seen == sorted(seen) and seen[-1] == 1.0
 
 
+@pytest.mark.catalogue("install")
 def test_tensorrt_unavailable_names_the_fix() -> None:
     if "tensorrt" in available_backends():
         pytest.skip("TensorRT is installed here")
@@ -247,6 +254,7 @@ def test_importing_the_library_imports_no_tensorrt() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.catalogue("sampling")
 @pytest.mark.skipif(not NO_GPU, reason="checks the refusal without a GPU")
 def test_runner_without_gpu_is_a_clear_error(onnx_path: Path, tmp_path: Path) -> None:
     build(onnx_path, tmp_path)

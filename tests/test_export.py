@@ -144,6 +144,7 @@ def test_report_and_progress(tmp_path):
     assert len(seen) >= 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
+@pytest.mark.catalogue("interruptions")
 @pytest.mark.parametrize("cancel_at", [0, 2, -1])
 def test_cancel_leaves_nothing(tmp_path, cancel_at):
     calls: list[str] = []
@@ -158,6 +159,7 @@ def test_cancel_leaves_nothing(tmp_path, cancel_at):
     assert list(tmp_path.iterdir()) == []  # the export's own folder is gone too
 
 
+@pytest.mark.catalogue("files")
 def test_unwritable_folder_is_an_export_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(ExportError, match="preparing"):
@@ -165,6 +167,7 @@ def test_unwritable_folder_is_an_export_error(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
+@pytest.mark.catalogue("files")
 def test_failing_module_is_an_export_error(tmp_path):
     unet = make_unet("sd1")
 

@@ -123,6 +123,7 @@ def test_weight_zero_is_the_base_set():
     assert lora_key([LoraUse("a", 0.0), LoraUse("b", 0.5)]) == (LoraUse("b", 0.5),)
 
 
+@pytest.mark.catalogue("sampling")
 def test_engines_that_cannot_take_a_lora_are_refused(tiny_unet, exported_onnx):
     base = tiny_unet("sd1")
     onnx = exported_onnx("sd1")

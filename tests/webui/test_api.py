@@ -28,6 +28,7 @@ def client(webui):
     return TestClient(app)
 
 
+@pytest.mark.catalogue("sampling")
 def test_txt2img_with_the_engine_and_an_uncovered_job(client, webui):
     ok = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2,
                                                  "override_settings": {"sd_unet": "[TRT] sd15"}})
@@ -58,6 +59,7 @@ def test_listing_routes(client, webui):
     assert client.post("/tensorrt/v1/fit", json={"width": 256}).json()["covered"] is False
 
 
+@pytest.mark.catalogue("api")
 @pytest.mark.parametrize("body", [
     {},
     {"preset": "static-512", "profiles": [{"batch": 1, "height": 512, "width": 512}]},
@@ -72,10 +74,12 @@ def test_bad_build_bodies_are_refused_with_a_4xx(client, body):
     assert 400 <= r.status_code < 500, r.json()
 
 
+@pytest.mark.catalogue("api")
 def test_bad_fit_body_is_refused(client):
     assert client.post("/tensorrt/v1/fit", json={"width": "wide"}).status_code == 422
 
 
+@pytest.mark.catalogue("api")
 def test_builds_queue_one_at_a_time_and_hold_the_queue_lock_only_to_export(client, webui, monkeypatch):
     extension = webui.module("trt_webui.extension")
     release, started, lock_held = threading.Event(), [], []
@@ -119,11 +123,13 @@ def test_builds_queue_one_at_a_time_and_hold_the_queue_lock_only_to_export(clien
     assert client.post("/tensorrt/v1/builds/nope/cancel").status_code == 404
 
 
+@pytest.mark.catalogue("install")
 def test_build_without_a_backend_says_how_to_install_it(client):
     r = client.post("/tensorrt/v1/builds", json={"preset": "static-512"})
     assert r.status_code == 503 and "pip install" in r.json()["detail"] and "tensorrt-cu12" in r.json()["detail"]
 
 
+@pytest.mark.catalogue("api")
 def test_delete_an_engine_in_use(client, webui):
     webui.sd_unet.apply_unet()
     assert webui.sd_unet.current_unet is not None
@@ -136,6 +142,7 @@ def test_delete_an_engine_in_use(client, webui):
     assert client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2}).status_code == 200
 
 
+@pytest.mark.catalogue("api")
 def test_a_checkpoint_of_no_known_family_is_refused_clearly(client, webui):
     spec = webui.sd_models.CheckpointSpec(make_unet=lambda: make_unet("sd1"), context_dim=768, parameterization="v")
     webui.sd_models.add_checkpoint("odd.safetensors", spec)

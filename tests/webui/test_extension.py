@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SMALL = {"batch": [1, 1, 2], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 75]}
 
 
+@pytest.mark.catalogue("install")
 def test_loads_without_tensorrt_and_the_tab_says_what_is_missing(webui):
     assert webui.errors.reported == []
     assert [type(s).__name__ for s in webui.scripts.scripts_txt2img.alwayson_scripts] == ["TensorRTScript"]
@@ -52,6 +55,7 @@ def test_dropdown_lists_only_checkpoints_with_usable_engines_and_keeps_its_optio
     assert webui.sd_unet.current_unet is None
 
 
+@pytest.mark.catalogue("install")
 def test_dropdown_is_empty_without_a_runtime(webui):
     webui.add_checkpoint("a.safetensors", "sd1")
     webui.load("a.safetensors")

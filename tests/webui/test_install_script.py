@@ -54,6 +54,7 @@ def test_missing_backend_is_installed(tmp_path, extension):
     assert status["failed"] == {} and "tensorrt" in status["installed"]
 
 
+@pytest.mark.catalogue("install")
 def test_failed_install_is_reported_and_the_webui_still_starts(tmp_path, extension, webui, monkeypatch):
     pip_calls, result = run_installer(tmp_path, extension, fail="tensorrt-cu12")
     assert result.returncode == 0 and "could not install tensorrt" in result.stdout

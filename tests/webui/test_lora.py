@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def test_bake_matches_the_hand_merge_and_restores_bit_for_bit(lora_webui, tmp_pa
     assert error <= 1e-4 < base_error
 
 
+@pytest.mark.catalogue("files")
 def test_a_failed_restore_refuses_the_engine(lora_webui, monkeypatch):
     webui = lora_webui
     webui.add_checkpoint("sd1.safetensors", "sd1")
@@ -95,14 +97,16 @@ def test_a_failed_restore_refuses_the_engine(lora_webui, monkeypatch):
                 unet.conv_in.bias.add_(1.0)
 
 
-def test_unknown_lora_is_refused_before_queueing_with_the_available_ones(lora_webui):
+@pytest.mark.catalogue("api")
+@pytest.mark.parametrize("name", ["nope", "../../etc/passwd", "/abs/lora", "a\x00b", "x" * 300])
+def test_unknown_lora_is_refused_before_queueing_with_the_available_ones(lora_webui, name):
     webui = lora_webui
     webui.add_checkpoint("sd1.safetensors", "sd1")
     webui.load("sd1.safetensors")
     bake = webui.module("trt_webui.lora_bake")
     available = "available: sd1_a, sd1_b, sd1_loha, sdxl_a, sdxl_b, sdxl_loha"
-    with pytest.raises(bake.LoraNotFoundError, match=f"unknown LoRA 'nope'; {available}") as e:
-        webui.EXT.submit_build([Profile.from_dict(SMALL)], [{"name": "nope", "weight": 1}])
+    with pytest.raises(bake.LoraNotFoundError, match=re.escape(f"unknown LoRA {name!r}; {available}")) as e:
+        webui.EXT.submit_build([Profile.from_dict(SMALL)], [{"name": name, "weight": 1}])
     assert e.value.status_code == 404 and not webui.EXT.jobs.jobs()
 
 
@@ -149,6 +153,7 @@ def test_prompt_loras_switch_by_refit_and_return_to_base(lora_webui):
     assert torch.equal(job(webui, "a cat").images[0], back.images[0])
 
 
+@pytest.mark.catalogue("sampling")
 @pytest.mark.parametrize("setting", ["raise", "fallback"])
 def test_prompt_lora_on_an_engine_without_refit(lora_webui, setting):
     webui = lora_webui

@@ -78,6 +78,7 @@ def test_webui_batching_settings(sd1, monkeypatch, options, job, expected):
     assert_matches_pytorch(sd1, calls)
 
 
+@pytest.mark.catalogue("sampling")
 def test_an_engine_that_cannot_load_fails_the_job_clearly(sd1):
     (sd1.EXT.store.folder / "onnx").rename(sd1.EXT.store.folder / "moved")
     with pytest.raises(Exception, match="has no ONNX export|cannot load") as caught:
@@ -114,6 +115,7 @@ def test_inpainting_unet_gets_nine_channels(webui, monkeypatch):
     assert_matches_pytorch(webui, calls)
 
 
+@pytest.mark.catalogue("sampling")
 def test_uncovered_job_stops_before_the_first_step_naming_what_is_missing(webui, monkeypatch):
     webui.with_engine("sd15.safetensors", "sd1", {"batch": 1, "height": 512, "width": 512, "tokens": 75})
     runs = []
@@ -126,6 +128,7 @@ def test_uncovered_job_stops_before_the_first_step_naming_what_is_missing(webui,
     assert runs == []  # no engine was even loaded: nothing ran
 
 
+@pytest.mark.catalogue("sampling")
 def test_hires_size_off_the_grid_is_refused_before_the_first_pass(sd1, monkeypatch):
     calls = record_calls(sd1, monkeypatch)
     with pytest.raises(Exception, match="96x96 px is not on the 64 px grid"):
@@ -133,6 +136,7 @@ def test_hires_size_off_the_grid_is_refused_before_the_first_pass(sd1, monkeypat
     assert calls == []  # the first pass did not run either
 
 
+@pytest.mark.catalogue("sampling")
 def test_fallback_runs_on_pytorch_says_so_once_and_restores_the_engine(sd1, monkeypatch, capsys):
     sd1.shared.opts.set("trt_on_uncovered", "fallback")
     calls = record_calls(sd1, monkeypatch)
