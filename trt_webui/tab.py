@@ -54,6 +54,13 @@ def preset_choices() -> list[str]:
     return [default.label] + [p.label for p in family.presets if p is not default] + [CUSTOM]
 
 
+def initial_presets() -> dict:
+    """The loaded family's presets with its default chosen, when the page loads: the tab itself is built while
+    the WebUI may still be loading the checkpoint, with only the custom profile to offer."""
+    choices = preset_choices()
+    return gr.update(choices=choices, value=choices[0])
+
+
 def refreshed_presets(current: str) -> dict:
     """Keep the user's choice if the loaded family offers it, else its default preset (the tab is made
     before the WebUI has loaded a checkpoint, so the first list may hold only the custom profile)."""
@@ -200,4 +207,5 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
         refresh_button.click(lambda current: (engine_rows(), status_markdown(), refreshed_presets(current)),
                              preset, [engines, status, preset])
         fit_button.click(fit, [fw, fh, fb, fhr, fsc, ft, fn], fit_answer)
+        ui.load(initial_presets, [], preset)
     return [(ui, "TensorRT", "tensorrt")]
