@@ -73,10 +73,11 @@ def engines() -> dict[str, Any]:
     try:
         entries = EXT.store.entries()
         problems = {p.entry_id: p.reason for p in EXT.problems()}
+        status = EXT.engine_status()
     except TrtError as e:
         raise _fail(e) from e
-    return {"engines": [{**e.to_dict(), "usable": e.id not in problems, "problem": problems.get(e.id, "")}
-                        for e in entries],
+    return {"engines": [{**e.to_dict(), "usable": e.id not in problems, "runs_here": not status[e.id],
+                         "problem": status[e.id]} for e in entries],
             "problems": [{"id": k, "reason": v} for k, v in problems.items() if k not in {e.id for e in entries}]}
 
 

@@ -85,6 +85,13 @@ class Extension:
     def problems(self) -> list[Problem]:
         return self.store.problems(self.runtime())
 
+    def engine_status(self) -> dict[str, str]:
+        """Per engine id, "" when it can run here, else why not (shown in the tab and the API's list): a
+        problem with the engine, or no CUDA GPU on this machine (engines built for another one are kept)."""
+        problems = {p.entry_id: p.reason for p in self.problems()}
+        no_gpu = "" if _gpu_capability() else "no CUDA GPU here to run it (it runs on the GPU it was built for)"
+        return {e.id: problems.get(e.id, no_gpu) for e in self.store.entries()}
+
     # -- sd_unet --------------------------------------------------------------------------------------
 
     def list_unets(self, unet_list: list) -> None:

@@ -127,13 +127,13 @@ def cancel(job_id: str) -> str:
 
 def engine_rows() -> list[list[Any]]:
     try:
-        problems = {p.entry_id: p.reason for p in EXT.problems()}
+        status = EXT.engine_status()
         entries = EXT.store.entries()
     except TrtError as e:
         return [["", "", "", str(e), "", "", "", "", "error"]]
     return [[e.id, e.checkpoint, e.family, "; ".join(p.label() for p in e.parsed_profiles), e.lora_label,
              f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1), e.created,
-             problems.get(e.id, "ok")] for e in entries]
+             status.get(e.id) or "ok"] for e in entries]
 
 
 def delete(engine_id: str) -> tuple[str, list]:

@@ -78,7 +78,8 @@ def test_build_list_and_run_a_real_engine(client, webui, monkeypatch):
                                "tokens": [75, 75, 75]}]
     engine_path = webui.EXT.store.engine_path(entry)
     assert engine_path.stat().st_size == entry.engine_bytes > 0
-    assert client.get("/tensorrt/v1/engines").json()["engines"][0]["usable"] is True
+    listed = client.get("/tensorrt/v1/engines").json()["engines"][0]
+    assert listed["usable"] is True and listed["runs_here"] is False and "no CUDA GPU here" in listed["problem"]
     # in the dropdown without a restart
     assert client.get("/tensorrt/v1/unets").json() == {"sd_unet": ["Automatic", LABEL, "None"]}
     assert LABEL in [o.label for o in webui.sd_unet.unet_options]
