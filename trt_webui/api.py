@@ -65,8 +65,17 @@ class FitBody(BaseModel):
         extra = Extra.forbid
 
 
-def _fail(error: TrtError) -> HTTPException:
-    return HTTPException(status_code=error.status_code, detail=str(error))
+class ApiError(HTTPException):
+    """An HTTP error whose text is its message: the WebUI's middleware answers ``{"detail": …, "errors":
+    str(e)}`` and prints a traceback for anything that is not an ``HTTPException``, which a user's bad
+    request should not cause."""
+
+    def __str__(self) -> str:
+        return str(self.detail)
+
+
+def _fail(error: TrtError) -> ApiError:
+    return ApiError(status_code=error.status_code, detail=str(error))
 
 
 def engines() -> dict[str, Any]:
@@ -100,7 +109,7 @@ def presets() -> dict[str, Any]:
 def start_build(body: BuildBody) -> dict[str, str]:
     try:
         if bool(body.preset) == bool(body.profiles):
-            raise HTTPException(422, "give either a preset or profiles, not both or neither")
+            raise ApiError(422, "give either a preset or profiles, not both or neither")
         if body.preset:
             profiles = [loaded_model.current().family.preset(body.preset).profile]
         else:
@@ -114,21 +123,21 @@ def start_build(body: BuildBody) -> dict[str, str]:
 def build_status(job_id: str) -> dict[str, Any]:
     job = EXT.jobs.get(job_id)
     if job is None:
-        raise HTTPException(404, f"no build job {job_id!r}")
+        raise ApiError(404, f"no build job {job_id!r}")
     result = job.result.id if job.finished_ok and job.result is not None else None
     return {**job.to_dict(), "engine_id": result}
 
 
 def cancel_build(job_id: str) -> dict[str, bool]:
     if EXT.jobs.get(job_id) is None:
-        raise HTTPException(404, f"no build job {job_id!r}")
+        raise ApiError(404, f"no build job {job_id!r}")
     return {"cancelled": EXT.jobs.cancel(job_id)}
 
 
 def delete_engine(engine_id: str) -> dict[str, str]:
     try:
         if engine_id not in {e.id for e in EXT.store.entries()}:
-            raise HTTPException(404, f"no engine {engine_id!r}")
+            raise ApiError(404, f"no engine {engine_id!r}")
         return {"deleted": EXT.delete(engine_id).id}
     except TrtError as e:
         raise _fail(e) from e

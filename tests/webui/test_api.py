@@ -119,8 +119,8 @@ def test_builds_queue_one_at_a_time_and_hold_the_queue_lock_only_to_export(clien
     assert len(started) == 2
     assert lock_held == [("export", True), ("build", False)] * 2
     assert client.get(f"/tensorrt/v1/builds/{first}").json()["engine_id"] == webui.engine.id
-    assert client.get("/tensorrt/v1/builds/nope").status_code == 404
-    assert client.post("/tensorrt/v1/builds/nope/cancel").status_code == 404
+    for r in (client.get("/tensorrt/v1/builds/nope"), client.post("/tensorrt/v1/builds/nope/cancel")):
+        assert r.status_code == 404 and r.json()["errors"] == r.json()["detail"] == "no build job 'nope'"
 
 
 @pytest.mark.catalogue("install")
