@@ -222,6 +222,9 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=1, help="base -> A -> B -> base this many times")
     parser.add_argument("--weight-map", choices=("state-dict", "export"), default="state-dict")
     parser.add_argument("--tiny", action="store_true", help="tiny UNets on the CPU in fp32: checks the script")
+    parser.add_argument("--unet-on", choices=("gpu", "cpu"), default="gpu",
+                        help="cpu: where the WebUI keeps the PyTorch UNet while an engine is active (sd_unet "
+                             "moves it off the GPU), so where the merge for a refit really runs")
     args = parser.parse_args()
     gpu = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if gpu else "cpu")
@@ -241,9 +244,12 @@ def main() -> None:
                 with device:  # made on the GPU directly: initialising real-size weights on the CPU is slow
                     unet = make_unet(family, tiny=args.tiny, dtype=dtype)
                 unet = webui.load(family, unet)
+                if args.unet_on == "cpu":
+                    unet.to("cpu")
                 sync(device)
                 weights = sum(p.numel() * p.element_size() for p in unet.parameters()) / 1e9
-                print(f"{name}: {weights:.2f} GB of {str(dtype).removeprefix('torch.')} weights on {device}, "
+                print(f"{name}: {weights:.2f} GB of {str(dtype).removeprefix('torch.')} weights on "
+                      f"{next(unet.parameters()).device}, "
                       f"made in {time.perf_counter() - start:.1f} s", flush=True)
                 weight_map = (exported_weight_map(unet, family, Path(tmp)) if args.weight_map == "export"
                               else state_dict_weight_map(unet))
