@@ -57,6 +57,16 @@ def test_missing_and_mismatched_engines_are_reported_not_used(tmp_path):
 
 
 @pytest.mark.catalogue("files")
+def test_an_engine_file_copied_in_without_its_entry_is_reported(tmp_path):
+    store = EngineStore(tmp_path)
+    known = store.add(make_entry(store))
+    (tmp_path / "from-a-friend.engine").write_bytes(b"engine")
+    assert [e.id for e in store.usable()] == [known.id]
+    (problem,) = store.problems()
+    assert problem.entry_id == "from-a-friend.engine" and "not in the manifest" in problem.reason
+
+
+@pytest.mark.catalogue("files")
 @pytest.mark.parametrize("content, fragment", [
     ("{not json", "cannot be read"),
     ('{"format": "sd-webui-tensorrt/engines", "version": 1, "engines": [', "cannot be read"),  # half-written

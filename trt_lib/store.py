@@ -156,15 +156,22 @@ class EngineStore:
 
     def problems(self, runtime: Runtime | None = None) -> list[Problem]:
         """Every entry that cannot be used here, with the reason: malformed, files missing, or built for
-        another backend, backend version or GPU."""
+        another backend, backend version or GPU; and engine files no entry names (copied in by hand), which
+        would otherwise be invisible."""
         found = []
+        named = set()
         for item in self._parse(self._read()):
             if isinstance(item, Problem):
                 found.append(item)
                 continue
+            named.add(item.engine_file)
             reason = self.unusable_reason(item, runtime)
             if reason:
                 found.append(Problem(item.id, reason))
+        strays = sorted(p.name for p in self.folder.glob("*.engine") if p.name not in named) \
+            if self.folder.is_dir() else []
+        found += [Problem(name, "engine file not in the manifest (copied in by hand?): its checkpoint and profiles "
+                                "are unknown, so it is not offered; build the engine here instead") for name in strays]
         return found
 
     def unusable_reason(self, entry: EngineEntry, runtime: Runtime | None = None) -> str:
