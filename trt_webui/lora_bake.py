@@ -57,6 +57,17 @@ def networks() -> ModuleType:
     return module
 
 
+def available_names() -> list[str]:
+    """The WebUI's LoRA list (what its Lora tab shows), for the TensorRT tab's picker; empty without the
+    Lora extension."""
+    try:
+        net = networks()
+    except LoraUnavailableError:
+        return []
+    net.list_available_networks()
+    return sorted(net.available_networks)
+
+
 def check_loras(loras: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """``[{"name", "weight"}]`` normalised; :class:`LoraNotFoundError` listing the available LoRAs for an
     unknown name (the list is re-read from disk first, as the WebUI does)."""

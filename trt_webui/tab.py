@@ -103,6 +103,13 @@ def parse_loras(text: str) -> list[dict[str, Any]]:
     return loras
 
 
+def add_lora(text: str, name: str | None) -> tuple[str, None]:
+    """Append a LoRA picked from the WebUI's list to the bake box at weight 1 (edited there), once."""
+    if not name or name in {lo["name"] for lo in parse_loras(text)}:
+        return text, None
+    return ", ".join(filter(None, [(text or "").strip(" ,"), f"{name}:1"])), None
+
+
 def build(preset_label: str, lora_text: str, refit: bool, *values: Any,
           progress: gr.Progress = gr.Progress()) -> tuple[str, str, list]:  # noqa: B008
     try:
@@ -169,8 +176,13 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                             fields += [gr.Number(v, label=f"{dim} {part}", precision=0)
                                        for v, part in zip(defaults[dim], ("min", "opt", "max"))]
                 check = gr.Markdown(elem_id="trt_profile_check")
-                loras = gr.Textbox(label="LoRAs to bake into the engine (name:weight, comma-separated)",
-                                   elem_id="trt_loras", info=lora_bake.TEXT_ENCODER_NOTE)
+                with gr.Row():
+                    loras = gr.Textbox(label="LoRAs to bake into the engine (name:weight, comma-separated)",
+                                       elem_id="trt_loras", info=lora_bake.TEXT_ENCODER_NOTE, scale=3)
+                    lora_pick = gr.Dropdown(lora_bake.available_names(), label="Add a LoRA", elem_id="trt_lora_pick",
+                                            scale=1)
+                lora_pick.change(add_lora, [loras, lora_pick], [loras, lora_pick])
+                lora_pick.focus(lambda: gr.update(choices=lora_bake.available_names()), None, lora_pick)
                 refit = gr.Checkbox(False, label="Switch prompt LoRAs without a rebuild (refittable engine)",
                                     elem_id="trt_refit", info="Prompt <lora:name:weight> then reaches the UNet by "
                                     "refitting the engine. Refittable engines run a little slower, and TensorRT "

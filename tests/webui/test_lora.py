@@ -167,3 +167,15 @@ def test_prompt_lora_on_an_engine_without_refit(lora_webui, setting):
     assert "built without refit" in out.extra_generation_params["TensorRT"]
     webui.shared.opts.set("sd_unet", "None")
     assert torch.equal(out.images[0], job(webui, "a cat <lora:sd1_a:0.8>").images[0])
+
+
+def test_the_tab_picks_loras_from_the_webuis_list(lora_webui):
+    tab = lora_webui.module("trt_webui.tab")
+    bake = lora_webui.module("trt_webui.lora_bake")
+    assert bake.available_names() == ["sd1_a", "sd1_b", "sd1_loha", "sdxl_a", "sdxl_b", "sdxl_loha"]
+    assert tab.add_lora("", "sd1_a") == ("sd1_a:1", None)
+    assert tab.add_lora("sd1_a:0.5", "sd1_b") == ("sd1_a:0.5, sd1_b:1", None)
+    assert tab.add_lora("sd1_a:0.5", "sd1_a") == ("sd1_a:0.5", None)  # already there: its weight is kept
+    assert tab.parse_loras("sd1_a:0.5, sd1_b:1") == [{"name": "sd1_a", "weight": 0.5}, {"name": "sd1_b", "weight": 1}]
+    ((blocks, title, _),) = tab.on_ui_tabs()
+    assert title == "TensorRT"
