@@ -11,6 +11,7 @@ from collections.abc import Callable
 from modules import call_queue, devices, sd_unet, shared
 
 from trt_lib.backends import get_backend
+from trt_lib.backends.trt10 import gpu_capability
 from trt_lib.errors import BackendUnavailableError, TrtError
 from trt_lib.families import Family, get_family
 from trt_lib.jobs import Job, JobQueue
@@ -61,7 +62,7 @@ class Extension:
         """The backend and GPU engines must match; None when the backend cannot be loaded here."""
         try:
             backend = get_backend(settings.backend())
-            return Runtime(backend.name, backend.version(), _gpu_capability())
+            return Runtime(backend.name, backend.version(), gpu_capability())
         except BackendUnavailableError:
             return None
 
@@ -89,7 +90,7 @@ class Extension:
         """Per engine id, "" when it can run here, else why not (shown in the tab and the API's list): a
         problem with the engine, or no CUDA GPU on this machine (engines built for another one are kept)."""
         problems = {p.entry_id: p.reason for p in self.problems()}
-        no_gpu = "" if _gpu_capability() else "no CUDA GPU here to run it (it runs on the GPU it was built for)"
+        no_gpu = "" if gpu_capability() else "no CUDA GPU here to run it (it runs on the GPU it was built for)"
         return {e.id: problems.get(e.id, no_gpu) for e in self.store.entries()}
 
     # -- sd_unet --------------------------------------------------------------------------------------
@@ -160,15 +161,6 @@ class Extension:
         if option is not None and shared.sd_model is not None:
             sd_unet.apply_unet()
         return removed
-
-
-def _gpu_capability() -> str | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability()
-    return f"{major}.{minor}"
 
 
 EXT = Extension()
