@@ -24,6 +24,10 @@ from .provider import CheckpointMismatchError, TrtUnet
 FELL_BACK = "_trt_fell_back"
 
 
+class UnetHookedError(TrtError):
+    status_code = 409
+
+
 def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
     """Check the whole job once; reject (via the engine) or fall back as the settings say."""
     unet = sd_unet.current_unet
@@ -37,6 +41,12 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
             raise CheckpointMismatchError(
                 f"{unet.option.label} holds engines for {unet.option.model_name}, but {model.checkpoint} is "
                 "loaded. Choose 'Automatic' for SD Unet, or build engines for this checkpoint in the TensorRT tab.")
+        hook = loaded_model.forward_hook_owner(shared.sd_model.model.diffusion_model)
+        if hook is not None:
+            raise UnetHookedError(
+                f"another extension replaced the UNet's forward for this job ({hook}; ControlNet does this), and "
+                "what it adds cannot reach a TensorRT engine. Choose None for SD Unet for such jobs, or set the "
+                "TensorRT fallback setting.")
         session = unet.session
         if session is None:  # activate() could not load the engines; it kept the reason
             raise unet.error if isinstance(unet.error, TrtError) else TrtError(

@@ -76,3 +76,15 @@ def pytorch_unet() -> Iterator[torch.nn.Module]:
         sd_hijack.model_hijack.apply_optimizations()
         if was is not None:
             sd_unet.apply_unet()
+
+
+def forward_hook_owner(unet: torch.nn.Module) -> str | None:
+    """Who replaced ``unet``'s forward on the instance (ControlNet and similar extensions do, per job), or None.
+
+    Such a hook adds its work inside the PyTorch UNet's forward, which never runs while an engine is active,
+    so the job would silently lose it. A forward put back as the class's own bound method is not a hook.
+    """
+    forward = unet.__dict__.get("forward")
+    if forward is None or getattr(forward, "__func__", None) is type(unet).forward:
+        return None
+    return f"{getattr(forward, '__module__', '?')}.{getattr(forward, '__qualname__', repr(forward))}"

@@ -3,6 +3,8 @@ exports on the ONNX Runtime stand-in), compared call by call with the PyTorch UN
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -178,3 +180,28 @@ def test_an_engine_that_cannot_load_falls_back_when_asked(sd1, monkeypatch):
     (sd1.EXT.store.folder / "onnx").rename(sd1.EXT.store.folder / "moved")
     result = sd1.txt2img(prompt="a cat", steps=2)
     assert "PyTorch UNet used" in result.info and "cannot load" in result.info
+
+
+@pytest.mark.catalogue("sampling")
+def test_a_unet_forward_hooked_by_another_extension_is_never_silently_bypassed(sd1, monkeypatch):
+    unet = sd1.unet()
+    seen = []
+
+    def controlnet_like_forward(self, x, timesteps=None, context=None, **kwargs):
+        seen.append(x.shape)  # an extension adding its residuals around the UNet's own forward
+        return type(self).forward(self, x, timesteps, context, **kwargs)
+
+    unet.forward = types.MethodType(controlnet_like_forward, unet)
+    calls = record_calls(sd1, monkeypatch)
+    with pytest.raises(Exception, match="another extension replaced the UNet's forward.*controlnet_like_forward"):
+        sd1.txt2img(prompt="a cat", steps=2)
+    assert calls == []  # stopped at the first UNet call, before any engine work
+    seen.clear()
+
+    sd1.shared.opts.set("trt_on_uncovered", "fallback")
+    result = sd1.txt2img(prompt="a cat", steps=2)
+    assert "PyTorch UNet used" in result.info and len(seen) == 2 and calls == []
+
+    unet.forward = types.MethodType(type(unet).forward, unet)  # the extension put the forward back
+    sd1.txt2img(prompt="a cat", steps=2)
+    assert len(calls) == 2
