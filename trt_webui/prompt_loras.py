@@ -34,11 +34,14 @@ from .lora_bake import merged
 INFO_KEY = "TensorRT LoRA"
 
 
+def loaded_networks() -> list:
+    """The Lora extension's list of networks loaded for the running job (empty without the extension)."""
+    return getattr(sys.modules.get("networks"), "loaded_networks", [])
+
+
 def wanted() -> LoraKey:
-    """The LoRA set the WebUI loaded for this job (empty without the Lora extension)."""
-    net = sys.modules.get("networks")
-    loaded = getattr(net, "loaded_networks", [])
-    return lora_key(LoraUse(n.name, float(n.unet_multiplier), n.dyn_dim) for n in loaded)
+    """The LoRA set the WebUI loaded for this job."""
+    return lora_key(LoraUse(n.name, float(n.unet_multiplier), n.dyn_dim) for n in loaded_networks())
 
 
 def merge(key: LoraKey, extra: frozenset[str]) -> MergedWeights:
@@ -59,13 +62,21 @@ def refitter(store: EngineStore) -> LoraRefitter:
 
 
 def before_sampling(p: Any, session: UnetSession | None) -> None:
-    """Bring the session's engines to this job's LoRAs; raises when an engine cannot take them.
+    """Bring the session's engines to this job's LoRAs and say so in the job's infotext."""
+    if session is None:
+        return
+    key = sync(session)
+    if key and session.loras is not None:
+        p.extra_generation_params[INFO_KEY] = f"{describe(key)} (refit)"
+
+
+def sync(session: UnetSession) -> LoraKey:
+    """Bring the session's engines to the LoRAs loaded now and return that set; raises
+    :class:`UncoveredLoraError` when an engine cannot take them.
 
     Engines with baked LoRAs keep them: a prompt may name the same LoRAs (for their text-encoder part), but
     another set cannot reach such an engine's UNet.
     """
-    if session is None:
-        return
     key = wanted()
     if session.loras is None:
         baked = key_of_entries(session.entries[0].loras) if session.entries else ()
@@ -73,10 +84,9 @@ def before_sampling(p: Any, session: UnetSession | None) -> None:
             raise UncoveredLoraError(
                 f"the selected engine has {describe(baked)} baked in, but the prompt asks for {describe(key)}; "
                 "choose the checkpoint's engine without baked LoRAs (built refittable), or bake this set")
-        return
+        return key
     if key == session.loras.wanted == ():
-        return
+        return key
     session.loras.want(key, session.entries)
     session.sync_loras()
-    if key:
-        p.extra_generation_params[INFO_KEY] = f"{describe(key)} (refit)"
+    return key

@@ -3,6 +3,10 @@
 The WebUI compares options by identity and calls ``create_unet()``/``activate()`` after it has already
 moved the PyTorch UNet away, so options are cached and neither method ever raises: a problem found there
 is kept and raised, clearly, by the first ``forward``.
+
+Most jobs are checked whole before sampling (``job_check``). Jobs that other extensions run inside a job
+(ADetailer's inpainting passes) skip the always-on script, so ``forward`` also follows the job's LoRAs and,
+for a call no engine covers, raises the clear error or runs the PyTorch UNet, as the settings say.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from collections.abc import Callable
 import torch
 from modules import devices, sd_unet, shared
 
-from trt_lib.errors import TrtError
+from trt_lib.errors import NoProfileError, TrtError
+from trt_lib.lora_refit import LoraKey, UncoveredLoraError
 from trt_lib.unet_session import UnetSession
 
-from . import loaded_model
+from . import loaded_model, prompt_loras, settings
 
 LABEL_PREFIX = "[TRT] "
 
@@ -56,7 +61,11 @@ class TrtUnet(sd_unet.SdUnet):
         self.error: Exception | None = None
         self.pending: Exception | None = None
         """Set by the job check to stop this job at its first UNet call, before any work is done."""
-        self._warned_other = False
+        self._loras: LoraKey = ()
+        """The LoRA set the engines were last brought to from ``forward``."""
+        self._said: set[str] = set()
+        self._unet_moved = False
+        """True while the PyTorch UNet sits on the GPU for a fallback call; it goes back on the next engine call."""
 
     def activate(self) -> None:
         try:
@@ -69,6 +78,7 @@ class TrtUnet(sd_unet.SdUnet):
         if self.session is not None:
             self.session.close()
             self.session = None
+        self._unet_moved = False  # apply_unet puts the PyTorch UNet where the next option needs it
         devices.torch_gc()
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *args,
@@ -82,9 +92,25 @@ class TrtUnet(sd_unet.SdUnet):
         if loaded_model.checkpoint_name() != self.option.model_name:
             return self._other_checkpoint(x, timesteps, context, *args, **kwargs)
         try:
-            return self.session(x, timesteps, context, kwargs.get("y"))
+            if self._loras or prompt_loras.loaded_networks():  # no work per call while no LoRA is in play
+                self._follow_loras()
+            out = self.session(x, timesteps, context, kwargs.get("y"))
+        except (NoProfileError, UncoveredLoraError) as e:  # a job the check before sampling did not see
+            if not settings.falls_back():
+                raise for_api(e) from None
+            self._say(f"using the PyTorch UNet for a call no engine takes: {e}")
+            return self._pytorch(x, timesteps, context, *args, **kwargs)
         except TrtError as e:
             raise for_api(e) from None
+        if self._unet_moved:
+            self._put_unet_away()
+        return out
+
+    def _follow_loras(self) -> None:
+        key = prompt_loras.wanted()
+        if key != self._loras:
+            prompt_loras.sync(self.session)
+            self._loras = key
 
     def _other_checkpoint(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *args,
                           **kwargs) -> torch.Tensor:
@@ -96,14 +122,31 @@ class TrtUnet(sd_unet.SdUnet):
                 f"{self.option.label} holds engines for {self.option.model_name}, but "
                 f"{loaded_model.checkpoint_name()} is loaded now. Choose 'Automatic' for sd_unet, or build "
                 "engines for that checkpoint too.")
-        if not self._warned_other:
-            print(f"[TensorRT] {loaded_model.checkpoint_name()} has no engine here; running its PyTorch UNet")
-            self._warned_other = True
+        self._say(f"{loaded_model.checkpoint_name()} has no engine here; running its PyTorch UNet")
+        return self._pytorch(x, timesteps, context, *args, **kwargs)
+
+    def _pytorch(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *args,
+                 **kwargs) -> torch.Tensor:
+        """One call on the loaded PyTorch UNet, brought to the GPU if ``apply_unet`` had moved it away."""
+        unet = shared.sd_model.model.diffusion_model
+        if not shared.sd_model.lowvram and next(unet.parameters()).device != x.device:
+            unet.to(x.device)
+            self._unet_moved = True
         sd_unet.current_unet = None  # the patched UNet forward would call back into this object otherwise
         try:
             return unet(x, timesteps, context, *args, **kwargs)
         finally:
             sd_unet.current_unet = self
+
+    def _put_unet_away(self) -> None:
+        shared.sd_model.model.diffusion_model.to(devices.cpu)
+        self._unet_moved = False
+        devices.torch_gc()
+
+    def _say(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            print(f"[TensorRT] {message}")
 
 
 class OptionCache:

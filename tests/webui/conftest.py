@@ -128,9 +128,11 @@ class Webui:
         p.scripts = self.scripts.scripts_txt2img
         return self.processing.process_images(p)
 
-    def img2img(self, **kwargs: Any) -> Any:
+    def img2img(self, inner: bool = False, **kwargs: Any) -> Any:
+        """``inner``: a job another extension runs inside a job, like ADetailer's inpainting passes, which
+        get a script runner without this extension's always-on script."""
         p = self.processing.StableDiffusionProcessingImg2Img(sd_model=self.shared.sd_model, **kwargs)
-        p.scripts = self.scripts.scripts_img2img
+        p.scripts = None if inner else self.scripts.scripts_img2img
         return self.processing.process_images(p)
 
     def unet(self) -> torch.nn.Module:

@@ -179,3 +179,24 @@ def test_the_tab_picks_loras_from_the_webuis_list(lora_webui):
     assert tab.parse_loras("sd1_a:0.5, sd1_b:1") == [{"name": "sd1_a", "weight": 0.5}, {"name": "sd1_b", "weight": 1}]
     ((blocks, title, _),) = tab.on_ui_tabs()
     assert title == "TensorRT"
+
+
+@pytest.mark.catalogue("sampling")
+def test_prompt_loras_of_an_inner_job_reach_the_engine(lora_webui):
+    """An inner job (ADetailer's, without the always-on script) with its own prompt LoRA is refitted at
+    its first UNet call, and the next job without LoRA is back at the base weights."""
+    webui = lora_webui
+    engine(webui, refittable=True)
+    latent = torch.randn(1, 4, 8, 8)
+
+    def inner(prompt: str):
+        return webui.img2img(inner=True, prompt=prompt, steps=2, seed=7, init_latent=latent, denoising_strength=0.6)
+
+    base = inner("a face")
+    with_a = inner("a face <lora:sd1_a:0.8>")
+    back = inner("a face")
+    webui.shared.opts.set("sd_unet", "None")
+    torch_a = inner("a face <lora:sd1_a:0.8>")
+    assert float((with_a.images[0] - torch_a.images[0]).norm() / torch_a.images[0].norm()) <= 1e-4
+    assert float((with_a.images[0] - base.images[0]).norm() / base.images[0].norm()) > 1e-3
+    assert float((back.images[0] - base.images[0]).norm() / base.images[0].norm()) < 1e-4

@@ -205,3 +205,29 @@ def test_a_unet_forward_hooked_by_another_extension_is_never_silently_bypassed(s
     unet.forward = types.MethodType(type(unet).forward, unet)  # the extension put the forward back
     sd1.txt2img(prompt="a cat", steps=2)
     assert len(calls) == 2
+
+
+@pytest.mark.catalogue("sampling")
+@pytest.mark.parametrize("setting", ["raise", "fallback"])
+def test_an_inner_job_of_another_extension_is_checked_at_its_first_call(sd1, monkeypatch, capsys, setting):
+    """ADetailer-style inpainting inside a job runs without the always-on script, at its own size."""
+    sd1.shared.opts.set("trt_on_uncovered", setting)
+    calls = record_calls(sd1, monkeypatch)
+    crop = torch.randn(1, 4, 24, 24)  # 192x192 px: over the engine's 128 px
+    if setting == "raise":
+        with pytest.raises(Exception, match="width 192 px is over the engine's 64-128 by 64") as caught:
+            sd1.img2img(inner=True, prompt="a face", steps=2, init_latent=crop, denoising_strength=0.5)
+        assert caught.value.status_code == 422 and calls == []
+        return
+    pytorch_calls = []  # the PyTorch UNet's first conv sees only calls the PyTorch UNet computes
+    first_conv = next(m for m in sd1.unet().modules() if isinstance(m, torch.nn.Conv2d))
+    handle = first_conv.register_forward_hook(lambda m, a, out: pytorch_calls.append(a[0].shape))
+    inner = sd1.img2img(inner=True, prompt="a face", steps=2, init_latent=crop, denoising_strength=0.5, seed=3)
+    assert len(calls) == len(pytorch_calls) == 2 and {s[2] for s in pytorch_calls} == {24}
+    assert capsys.readouterr().out.count("using the PyTorch UNet for a call no engine takes") == 1
+    sd1.img2img(inner=True, prompt="a face", steps=2, init_latent=torch.randn(1, 4, 8, 8), denoising_strength=0.5)
+    assert len(calls) == 4 and len(pytorch_calls) == 2  # a covered inner job runs on the engine again
+    handle.remove()
+    sd1.shared.opts.set("sd_unet", "None")
+    plain = sd1.img2img(inner=True, prompt="a face", steps=2, init_latent=crop, denoising_strength=0.5, seed=3)
+    assert torch.equal(inner.images[0], plain.images[0])
