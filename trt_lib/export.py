@@ -14,6 +14,9 @@ inputs are exactly the family's. The weight map written beside the ONNX records 
 the exported file: initializer name, ``state_dict`` key, dtype and shape. TensorRT folds the weight
 transposes the graph still holds at build time.
 
+fp16 exports of families marked ``attention_upcast`` (SD 2.x) get their attention scores computed in fp32
+(:mod:`.attention_upcast`), as Stability's reference code and the WebUI's "upcast cross attention" do.
+
 Files: ``<name>.onnx``, ``<name>.onnx.data`` (one external data file, only when the model is over 2 GB),
 ``<name>.weights.json``. They are written into a partial folder beside the target and moved into place once
 the ONNX checker passed, the ONNX last, so a reader never sees a half-written export.
@@ -36,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .attention_upcast import upcast_attention_scores
 from .errors import ExportError, TrtError
 from .families import Family
 from .profiles import CONTEXT_PER_CHUNK, PIXEL_GRID, UnetCall
@@ -138,6 +142,8 @@ def export_onnx(unet: torch.nn.Module, family: Family, path: Path, *,
         del model  # a converted copy is not needed any more; free it before the checker loads the file
         report("checking the ONNX", 0.7)
         proto = onnx.load(str(work / path.name), load_external_data=False)
+        if family.attention_upcast and dtype == torch.float16:
+            upcast_attention_scores(proto.graph)
         external = _finish_graph(proto, family, work, path.name)
         onnx.checker.check_model(str(work / path.name))
         report("writing the weight map", 0.9)

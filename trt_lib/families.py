@@ -55,6 +55,8 @@ class Family:
     inputs: Mapping[str, tuple[str, ...]]
     outputs: Mapping[str, tuple[str, ...]]
     presets: tuple[Preset, ...] = field(default_factory=tuple)
+    attention_upcast: bool = False
+    """fp16 engines compute attention scores in fp32 (SD 2.x: its logits overflow fp16, giving black images)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Family:
@@ -68,6 +70,7 @@ class Family:
             outputs={k: tuple(v) for k, v in data["outputs"].items()},
             presets=tuple(Preset(p["name"], p["label"], Profile.from_dict(p), bool(p.get("default")))
                           for p in data["presets"]),
+            attention_upcast=bool(data.get("attention_upcast", False)),
         )
 
     @property
