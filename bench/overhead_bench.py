@@ -74,7 +74,7 @@ def provider_forward(session: UnetSession, checkpoint: str) -> Callable | None:
     except ImportError as e:
         print(f"provider row skipped: {e}")
         return None
-    unet = TrtUnetOption(checkpoint, lambda name: session).create_unet()
+    unet = TrtUnetOption(checkpoint, "", lambda name, loras: session).create_unet()
     unet.activate()
     loaded_model.checkpoint_name = lambda: checkpoint  # the stand-in has no loaded checkpoint
     return unet.forward
