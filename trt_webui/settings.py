@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import gradio as gr
 from modules import paths, shared
 
 from trt_lib.install_plan import BACKEND_LABELS
@@ -21,7 +20,10 @@ def default_engine_dir() -> str:
 
 
 def register() -> None:
-    """Add the settings (on_ui_settings callback)."""
+    """Add the settings (on_ui_settings callback); gradio is imported here, where the UI is built, so that
+    the provider, which reads the settings, runs without it."""
+    import gradio as gr
+
     options = {
         "trt_backend": shared.OptionInfo(
             "tensorrt", "Backend that builds and runs engines", gr.Radio,
