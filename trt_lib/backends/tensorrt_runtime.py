@@ -1,19 +1,23 @@
 """The real TensorRT runtime: runs an engine file on the current CUDA GPU for both backends.
 
 This is the only code that needs a GPU and a TensorRT runtime, so it stays small and plain: the caller's
-tensors are bound as they are (no copies), the output buffer is reused, nothing waits for the GPU. The
-TensorRT module is imported only when a runner is made, so this file imports anywhere.
+tensors are bound as they are (no copies), the output buffer is reused (the WebUI's samplers consume each
+output before the next call), nothing waits for the GPU. Full TensorRT calls are replayed from CUDA graphs
+(:mod:`trt_lib.cuda_graphs`, tested on the device GPU); TensorRT for RTX captures its own. The TensorRT
+module is imported only when a runner is made, so this file imports anywhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ..cuda_graphs import GraphCache
 from ..errors import EngineRunError
 from ..runtime import EngineProfile, EngineRunner, Shape
 from .trt10 import atomic_write_bytes, gpu_capability, logger_class
@@ -56,6 +60,7 @@ class TensorRTRunner(EngineRunner):
         # TensorRT for RTX compiles kernels on first run: its runtime cache keeps them across WebUI restarts.
         self._runtime_cache: Any = None
         self._cache_path = cache_dir / f"{backend.name}-runtime.cache" if backend.runtime_config else None
+        self._graphs = None if backend.runtime_config else GraphCache()
         if self._engine.refittable and onnx_path is not None:
             self._refit_from_onnx(Path(onnx_path))
 
@@ -85,7 +90,6 @@ class TensorRTRunner(EngineRunner):
         return context
 
     def infer(self, feeds: Mapping[str, torch.Tensor], profile_index: int) -> torch.Tensor:
-        context = self._context(profile_index)
         bound = []
         for name in self.input_names:
             tensor = feeds[name]
@@ -96,6 +100,13 @@ class TensorRTRunner(EngineRunner):
             if tensor.dtype != self._dtypes[name] or not tensor.is_contiguous():
                 tensor = tensor.to(self._dtypes[name]).contiguous()
             bound.append(tensor)
+        if self._graphs is None:
+            return self._enqueue(profile_index, bound)
+        key = (profile_index, *(t.shape for t in bound))
+        return self._graphs.run(key, bound, partial(self._enqueue, profile_index))
+
+    def _enqueue(self, profile_index: int, bound: Sequence[torch.Tensor]) -> torch.Tensor:
+        context = self._context(profile_index)
         shapes = tuple(tuple(t.shape) for t in bound)
         if self._shapes.get(profile_index) != shapes:
             for name, shape in zip(self.input_names, shapes):
@@ -144,11 +155,15 @@ class TensorRTRunner(EngineRunner):
                                      f"{tensor.numel()} values")
         if not refitter.refit_cuda_engine():
             raise EngineRunError(f"refitting {self.path.name} failed: {'; '.join(self._logger.errors[-3:])}")
+        if self._graphs is not None:
+            self._graphs.clear()  # captured with the old weights' addresses
 
     def close(self) -> None:
         """Save the runtime kernel cache, then free contexts, buffers and the engine."""
         if self._runtime_cache is not None and self._cache_path is not None:
             atomic_write_bytes(self._cache_path, self._runtime_cache.serialize())
+        if self._graphs is not None:
+            self._graphs.clear()
         self._contexts.clear()
         self._outputs.clear()
         self._runtime_cache = None

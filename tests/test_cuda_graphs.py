@@ -1,0 +1,72 @@
+"""CUDA graph replay of engine calls (full TensorRT's runner uses it), checked with a real tiny UNet in
+PyTorch standing in for the engine's enqueue. Needs a CUDA GPU: runs on the device machine, skipped in CI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trt_lib.cuda_graphs import GraphCache
+from trt_lib.families import get_family
+from trt_lib.tiny_unets import make_unet
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+SD1 = get_family("sd1")
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return make_unet("sd1", dtype=torch.float16).cuda().eval()
+
+
+def inputs(batch: int, size: int, seed: int) -> list[torch.Tensor]:
+    feeds = SD1.example_inputs(batch, size, size, 77, dtype=torch.float16, device="cuda", seed=seed)
+    return [feeds[n] for n in SD1.input_names]
+
+
+def enqueue_of(unet, calls: list):
+    def enqueue(tensors):
+        calls.append(torch.cuda.is_current_stream_capturing())
+        return unet(*tensors)
+    return enqueue
+
+
+@torch.no_grad()
+def test_replay_gives_the_direct_result_for_new_inputs_and_shapes(unet):
+    cache, calls = GraphCache(max_graphs=2), []
+    enqueue = enqueue_of(unet, calls)
+    for batch, size, seed in [(2, 64, 0), (2, 64, 1), (1, 128, 2), (2, 64, 3), (1, 128, 4)]:
+        x = inputs(batch, size, seed)
+        got = cache.run((batch, size), x, enqueue).clone()
+        torch.testing.assert_close(got, unet(*x), rtol=0, atol=1e-3)
+    assert len(cache) == 2 and cache.error is None
+    assert calls == [False, True, False, True]  # a warm-up and a capture per new shape, then replays only
+
+
+@torch.no_grad()
+def test_a_new_shape_beyond_the_limit_evicts_the_oldest_graph(unet):
+    cache = GraphCache(max_graphs=1)
+    enqueue = enqueue_of(unet, [])
+    cache.run("a", inputs(2, 64, 0), enqueue)
+    cache.run("b", inputs(1, 128, 0), enqueue)
+    assert len(cache) == 1
+    x = inputs(2, 64, 5)
+    torch.testing.assert_close(cache.run("a", x, enqueue).clone(), unet(*x), rtol=0, atol=1e-3)
+
+
+@torch.no_grad()
+def test_a_call_that_cannot_be_captured_runs_without_graphs(unet):
+    cache = GraphCache()
+
+    def syncing(tensors):  # a host read: not capturable
+        out = unet(*tensors)
+        float(out.sum())
+        return out
+
+    x = inputs(2, 64, 0)
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        got = cache.run("a", x, syncing)
+    torch.testing.assert_close(got, unet(*x), rtol=0, atol=1e-3)
+    assert cache.error and len(cache) == 0
+    torch.testing.assert_close(cache.run("a", inputs(2, 64, 1), syncing), unet(*inputs(2, 64, 1)), rtol=0, atol=1e-3)
+
