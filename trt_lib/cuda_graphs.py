@@ -1,15 +1,19 @@
-"""CUDA graph capture and replay for engine calls, one graph per set of input shapes.
+"""CUDA graph capture and replay for engine calls of fixed shapes.
 
 A UNet engine launches hundreds of kernels per call; at small batch sizes on fast GPUs launching them costs
 a noticeable share of the step. A captured graph launches them all at once. A graph reads and writes fixed
 addresses, so each call copies its inputs into the graph's buffers (a few hundred KB for a UNet call) and
 gets the graph's output buffer back. Full TensorRT uses this; TensorRT for RTX captures graphs itself.
+
+One graph per execution context, for one set of input shapes: TensorRT keeps shape-dependent state in the
+context, which a second shape set would change under an earlier graph. So a context whose calls change
+shape (a dynamic profile used at several sizes) runs without a graph from then on; a static profile, or a
+job that keeps its shapes, replays.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -26,39 +30,43 @@ class _Graph:
     inputs: list[torch.Tensor]
     output: torch.Tensor
 
+    @property
+    def shapes(self) -> tuple[torch.Size, ...]:
+        return tuple(t.shape for t in self.inputs)
+
 
 class GraphCache:
-    """Graphs of one runner's calls, keyed by the caller (e.g. profile and input shapes), at most
-    ``max_graphs`` kept. If capture fails, calls run as they are from then on and ``error`` says why."""
+    """Graphs of one runner's calls, one per execution context (``key``). If capture fails, calls run as
+    they are from then on and ``error`` says why."""
 
-    def __init__(self, max_graphs: int = 8) -> None:
-        self.max_graphs = max_graphs
+    def __init__(self) -> None:
         self.error: str | None = None
-        self._graphs: OrderedDict[Hashable, _Graph] = OrderedDict()
+        self._graphs: dict[Hashable, _Graph] = {}
+        self._changing: set[Hashable] = set()
+        """Contexts whose calls changed shape: they run without a graph."""
 
     def __len__(self) -> int:
         return len(self._graphs)
 
     def run(self, key: Hashable, inputs: Sequence[torch.Tensor], enqueue: Enqueue) -> torch.Tensor:
-        """The call's output: from the graph for ``key`` (captured now if new) or, after a failed capture,
-        from ``enqueue`` itself. The output buffer is the graph's: the next call with this key overwrites it."""
-        if self.error is not None:
+        """The call's output, from the graph of context ``key`` (captured on its first call) or from
+        ``enqueue`` itself where no graph applies. A graph's output buffer is overwritten by its next call."""
+        if self.error is not None or key in self._changing:
             return enqueue(inputs)
         entry = self._graphs.get(key)
+        if entry is not None and entry.shapes != tuple(t.shape for t in inputs):
+            del self._graphs[key]
+            self._changing.add(key)
+            return enqueue(inputs)
         if entry is None:
             try:
-                entry = self._capture(inputs, enqueue)
+                entry = self._graphs[key] = self._capture(inputs, enqueue)
             except RuntimeError as e:
                 self.error = f"CUDA graph capture failed, running without graphs: {e}"
                 warnings.warn(self.error, RuntimeWarning, stacklevel=2)
                 self.clear()
                 torch.cuda.synchronize()  # a failed capture leaves the side stream's work in flight
                 return enqueue(inputs)
-            while len(self._graphs) >= self.max_graphs:
-                self._graphs.popitem(last=False)
-            self._graphs[key] = entry
-        else:
-            self._graphs.move_to_end(key)
         for buffer, tensor in zip(entry.inputs, inputs):
             buffer.copy_(tensor, non_blocking=True)
         entry.graph.replay()

@@ -2,9 +2,9 @@
 
 This is the only code that needs a GPU and a TensorRT runtime, so it stays small and plain: the caller's
 tensors are bound as they are (no copies), the output buffer is reused (the WebUI's samplers consume each
-output before the next call), nothing waits for the GPU. Full TensorRT calls are replayed from CUDA graphs
-(:mod:`trt_lib.cuda_graphs`, tested on the device GPU); TensorRT for RTX captures its own. The TensorRT
-module is imported only when a runner is made, so this file imports anywhere.
+output before the next call), nothing waits for the GPU. Full TensorRT calls of fixed shapes are replayed
+from CUDA graphs (:mod:`trt_lib.cuda_graphs`, tested on the device GPU); TensorRT for RTX captures its
+own. The TensorRT module is imported only when a runner is made, so this file imports anywhere.
 """
 
 from __future__ import annotations
@@ -102,8 +102,7 @@ class TensorRTRunner(EngineRunner):
             bound.append(tensor)
         if self._graphs is None:
             return self._enqueue(profile_index, bound)
-        key = (profile_index, *(t.shape for t in bound))
-        return self._graphs.run(key, bound, partial(self._enqueue, profile_index))
+        return self._graphs.run(profile_index, bound, partial(self._enqueue, profile_index))
 
     def _enqueue(self, profile_index: int, bound: Sequence[torch.Tensor]) -> torch.Tensor:
         context = self._context(profile_index)
