@@ -154,7 +154,7 @@ class Extension:
         """Delete an engine; one in use is unloaded first (the PyTorch UNet takes over)."""
         entry = self.store.get(engine_id)
         option = sd_unet.current_unet_option
-        if option is not None and getattr(option, "model_name", None) == entry.checkpoint:
+        if option is not None and getattr(option, "checkpoint", None) == entry.checkpoint:
             sd_unet.apply_unet("None")
         removed = self.store.remove(engine_id)
         self.refresh_unets()

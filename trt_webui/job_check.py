@@ -35,11 +35,11 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
         return
     try:
         model = loaded_model.current()
-        if model.checkpoint != unet.option.model_name:
+        if model.checkpoint != unet.option.checkpoint:
             if getattr(p, "is_hr_pass", False):
                 return  # the refiner was loaded during the first pass: its PyTorch UNet runs (TrtUnet.forward)
             raise CheckpointMismatchError(
-                f"{unet.option.label} holds engines for {unet.option.model_name}, but {model.checkpoint} is "
+                f"{unet.option.label} holds engines for {unet.option.checkpoint}, but {model.checkpoint} is "
                 "loaded. Choose 'Automatic' for SD Unet, or build engines for this checkpoint in the TensorRT tab.")
         hook = loaded_model.forward_hook_owner(shared.sd_model.model.diffusion_model)
         if hook is not None:

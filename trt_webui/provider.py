@@ -42,7 +42,9 @@ class TrtUnetOption(sd_unet.SdUnetOption):
     """Dropdown entry for the engines of one checkpoint with one set of baked LoRAs (none for most)."""
 
     def __init__(self, checkpoint: str, lora_label: str, open_session: Callable[[str, str], UnetSession]) -> None:
-        self.model_name = checkpoint
+        self.checkpoint = checkpoint
+        self.model_name = None if lora_label else checkpoint
+        """What "Automatic" matches: never an option with baked LoRAs, which is chosen by its label."""
         self.lora_label = lora_label
         self.label = LABEL_PREFIX + checkpoint + (f" [LoRA {lora_label}]" if lora_label else "")
         self._open_session = open_session
@@ -69,7 +71,7 @@ class TrtUnet(sd_unet.SdUnet):
 
     def activate(self) -> None:
         try:
-            self.session = self.option._open_session(self.option.model_name, self.option.lora_label)
+            self.session = self.option._open_session(self.option.checkpoint, self.option.lora_label)
         except Exception as e:  # never raise here: the WebUI would be left without a UNet
             self.error = e
             print(f"[TensorRT] {self.option.label} cannot be used: {e}")
@@ -89,7 +91,7 @@ class TrtUnet(sd_unet.SdUnet):
         if self.session is None:
             raise for_api(self.error if isinstance(self.error, TrtError) else TrtError(
                 f"{self.option.label} could not be loaded: {self.error}"))
-        if loaded_model.checkpoint_name() != self.option.model_name:
+        if loaded_model.checkpoint_name() != self.option.checkpoint:
             return self._other_checkpoint(x, timesteps, context, *args, **kwargs)
         try:
             if self._loras or prompt_loras.loaded_networks():  # no work per call while no LoRA is in play
@@ -119,7 +121,7 @@ class TrtUnet(sd_unet.SdUnet):
         unet = shared.sd_model.model.diffusion_model
         if next(unet.parameters()).device != x.device:
             raise CheckpointMismatchError(
-                f"{self.option.label} holds engines for {self.option.model_name}, but "
+                f"{self.option.label} holds engines for {self.option.checkpoint}, but "
                 f"{loaded_model.checkpoint_name()} is loaded now. Choose 'Automatic' for sd_unet, or build "
                 "engines for that checkpoint too.")
         self._say(f"{loaded_model.checkpoint_name()} has no engine here; running its PyTorch UNet")

@@ -101,3 +101,9 @@ def test_engines_with_baked_loras_get_their_own_option_after_the_plain_one(webui
     webui.shared.opts.set("sd_unet", "[TRT] a [LoRA film grain:0.8]")
     webui.sd_unet.apply_unet()
     assert [e.id for e in webui.sd_unet.current_unet.session.entries] == [baked.id]
+
+    webui.shared.opts.set("sd_unet", "Automatic")
+    webui.module("trt_webui.extension").EXT.delete(plain.id)
+    assert webui.shared_items.sd_unet_items() == ["Automatic", "[TRT] a [LoRA film grain:0.8]", "None"]
+    webui.sd_unet.apply_unet()
+    assert webui.sd_unet.current_unet is None  # "Automatic" never bakes a LoRA into every generation
