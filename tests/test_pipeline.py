@@ -86,7 +86,7 @@ def test_disk_full_during_export_is_a_clear_error_and_leaves_nothing(tiny_unet, 
 
 @pytest.mark.catalogue("files")
 def test_disk_full_while_writing_the_engine_is_a_clear_error_and_records_nothing(tiny_unet, tmp_path, monkeypatch):
-    import trt_lib.backends.trt10 as trt10
+    import trt_lib.store as store_module
 
     store = EngineStore(tmp_path / "engines")
     onnx_path = export_stage(tiny_unet("sd1"), request_for("sd1"), store)
@@ -94,7 +94,7 @@ def test_disk_full_while_writing_the_engine_is_a_clear_error_and_records_nothing
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(trt10.os, "fsync", full)
+    monkeypatch.setattr(store_module.os, "fsync", full)  # where files are written atomically
     with pytest.raises(BuildError, match="No space left on device.*Free some disk space"):
         build_engine(tiny_unet("sd1"), request_for("sd1"), store)
     assert store.entries() == [] and list(store.folder.glob("*.engine*")) == []

@@ -297,18 +297,24 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never a half-written one."""
+def atomic_write_bytes(path: Path, data: Any) -> None:
+    """Write ``data`` (bytes, or a buffer such as a TensorRT host memory) so that readers see the old or the
+    new file at ``path``, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(memoryview(data))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        _unlink(Path(tmp))
+        _unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _unlink(path: Path) -> None:

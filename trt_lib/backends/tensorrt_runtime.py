@@ -20,7 +20,8 @@ import torch
 from ..cuda_graphs import GraphCache
 from ..errors import EngineRunError
 from ..runtime import EngineProfile, EngineRunner, Shape
-from .trt10 import atomic_write_bytes, gpu_capability, logger_class
+from ..store import atomic_write_bytes
+from .trt10 import gpu_capability, logger_class
 
 if TYPE_CHECKING:
     from .trt10 import Backend

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import re
 import sys
 import threading
@@ -28,7 +27,7 @@ import torch
 from ..errors import BackendUnavailableError, BuildCancelled, BuildError, BuildTargetError
 from ..install_plan import cuda_flavour, requirements
 from ..runtime import EngineProfile
-from ..store import partial_path
+from ..store import atomic_write_bytes
 
 if TYPE_CHECKING:
     from .tensorrt_runtime import TensorRTRunner
@@ -242,21 +241,6 @@ def gpu_capability() -> str | None:
         return None
     major, minor = torch.cuda.get_device_capability()
     return f"{major}.{minor}"
-
-
-def atomic_write_bytes(path: Path, data: Any) -> None:
-    """Write ``data`` (bytes or a TensorRT host buffer) so that ``path`` is either absent, old, or complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(memoryview(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class PhaseTracker:
