@@ -19,7 +19,7 @@ from trt_lib.matching import plan
 from trt_lib.profiles import TOKENS_PER_CHUNK, tokens_for_context
 
 from . import loaded_model, prompt_loras, settings
-from .provider import CheckpointMismatchError, TrtUnet
+from .provider import TrtUnet, checkpoint_mismatch
 
 FELL_BACK = "_trt_fell_back"
 
@@ -38,9 +38,7 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
         if model.checkpoint != unet.option.checkpoint:
             if getattr(p, "is_hr_pass", False):
                 return  # the refiner was loaded during the first pass: its PyTorch UNet runs (TrtUnet.forward)
-            raise CheckpointMismatchError(
-                f"{unet.option.label} holds engines for {unet.option.checkpoint}, but {model.checkpoint} is "
-                "loaded. Choose 'Automatic' for SD Unet, or build engines for this checkpoint in the TensorRT tab.")
+            raise checkpoint_mismatch(unet.option, model.checkpoint)
         hook = loaded_model.forward_hook_owner(shared.sd_model.model.diffusion_model)
         if hook is not None:
             raise UnetHookedError(
@@ -49,8 +47,7 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
                 "TensorRT fallback setting.")
         session = unet.session
         if session is None:  # activate() could not load the engines; it kept the reason
-            raise unet.error if isinstance(unet.error, TrtError) else TrtError(
-                f"{unet.option.label} could not be loaded: {unet.error}")
+            raise unet.load_error()
         calls = unet_calls(job_spec(p, c, uc))
         plan(session.entries, calls, model.family, model.title)
         session.preload(calls[0])  # an engine that cannot load here (no GPU, other GPU) is found before any step

@@ -38,6 +38,13 @@ def for_api(error: TrtError) -> TrtError:
     return error
 
 
+def checkpoint_mismatch(option: TrtUnetOption, loaded: str | None) -> CheckpointMismatchError:
+    """The error for an option whose engines belong to another checkpoint than the loaded one."""
+    return CheckpointMismatchError(
+        f"{option.label} holds engines for {option.checkpoint}, but {loaded} is loaded. Choose 'Automatic' for "
+        "SD Unet, or build engines for this checkpoint in the TensorRT tab.")
+
+
 class TrtUnetOption(sd_unet.SdUnetOption):
     """Dropdown entry for the engines of one checkpoint with one set of baked LoRAs (none for most)."""
 
@@ -76,6 +83,12 @@ class TrtUnet(sd_unet.SdUnet):
             self.error = e
             print(f"[TensorRT] {self.option.label} cannot be used: {e}")
 
+    def load_error(self) -> TrtError:
+        """Why ``activate`` could not load the engines, as the error to raise."""
+        if isinstance(self.error, TrtError):
+            return self.error
+        return TrtError(f"{self.option.label} could not be loaded: {self.error}")
+
     def deactivate(self) -> None:
         if self.session is not None:
             self.session.close()
@@ -89,8 +102,7 @@ class TrtUnet(sd_unet.SdUnet):
             error, self.pending = self.pending, None
             raise for_api(error)
         if self.session is None:
-            raise for_api(self.error if isinstance(self.error, TrtError) else TrtError(
-                f"{self.option.label} could not be loaded: {self.error}"))
+            raise for_api(self.load_error())
         if loaded_model.checkpoint_name() != self.option.checkpoint:
             return self._other_checkpoint(x, timesteps, context, *args, **kwargs)
         try:
@@ -120,10 +132,7 @@ class TrtUnet(sd_unet.SdUnet):
         PyTorch UNet, which the fresh load put on the GPU, instead of engines built for another model."""
         unet = shared.sd_model.model.diffusion_model
         if next(unet.parameters()).device != x.device:
-            raise CheckpointMismatchError(
-                f"{self.option.label} holds engines for {self.option.checkpoint}, but "
-                f"{loaded_model.checkpoint_name()} is loaded now. Choose 'Automatic' for sd_unet, or build "
-                "engines for that checkpoint too.")
+            raise checkpoint_mismatch(self.option, loaded_model.checkpoint_name())
         self._say(f"{loaded_model.checkpoint_name()} has no engine here; running its PyTorch UNet")
         return self._pytorch(x, timesteps, context, *args, **kwargs)
 
