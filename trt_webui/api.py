@@ -80,14 +80,12 @@ def _fail(error: TrtError) -> ApiError:
 
 def engines() -> dict[str, Any]:
     try:
-        entries = EXT.store.entries()
-        problems = {p.entry_id: p.reason for p in EXT.problems()}
-        status = EXT.engine_status()
+        listing = EXT.listing()
     except TrtError as e:
         raise _fail(e) from e
-    return {"engines": [{**e.to_dict(), "usable": e.id not in problems, "runs_here": not status[e.id],
-                         "problem": status[e.id]} for e in entries],
-            "problems": [{"id": k, "reason": v} for k, v in problems.items() if k not in {e.id for e in entries}]}
+    return {"engines": [{**e.to_dict(), "usable": e.id not in listing.problems, "runs_here": not listing.status[e.id],
+                         "problem": listing.status[e.id]} for e in listing.entries],
+            "problems": [{"id": k, "reason": v} for k, v in listing.problems.items() if k not in listing.status]}
 
 
 def unets(refresh: bool = True) -> dict[str, list[str]]:

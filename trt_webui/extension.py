@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from modules import call_queue, devices, sd_unet, shared
 
@@ -33,6 +34,18 @@ def backend_runner(store: EngineStore, entry: EngineEntry) -> EngineRunner:
     return get_backend(entry.backend).load_runner(
         store.engine_path(entry), family.input_names, family.output_name,
         [family.engine_shapes(p) for p in entry.parsed_profiles], onnx_path=store.onnx_path(entry))
+
+
+@dataclass(frozen=True)
+class EngineListing:
+    """The engine store read once for a list in the tab or the API."""
+
+    entries: list[EngineEntry]
+    problems: dict[str, str]
+    """Why each unusable engine cannot be used, by id: entries, malformed entries and stray engine files."""
+    status: dict[str, str]
+    """Per entry, "" when it can run here, else why not: its problem, or no CUDA GPU on this machine
+    (engines built for another one are kept)."""
 
 
 class Extension:
@@ -86,12 +99,12 @@ class Extension:
     def problems(self) -> list[Problem]:
         return self.store.problems(self.runtime())
 
-    def engine_status(self) -> dict[str, str]:
-        """Per engine id, "" when it can run here, else why not (shown in the tab and the API's list): a
-        problem with the engine, or no CUDA GPU on this machine (engines built for another one are kept)."""
+    def listing(self) -> EngineListing:
+        """The engines with their problems and whether they run here, as the tab and the API list them."""
+        entries = self.store.entries()
         problems = {p.entry_id: p.reason for p in self.problems()}
         no_gpu = "" if gpu_capability() else "no CUDA GPU here to run it (it runs on the GPU it was built for)"
-        return {e.id: problems.get(e.id, no_gpu) for e in self.store.entries()}
+        return EngineListing(entries, problems, {e.id: problems.get(e.id, no_gpu) for e in entries})
 
     # -- sd_unet --------------------------------------------------------------------------------------
 
