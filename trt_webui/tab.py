@@ -54,16 +54,10 @@ def preset_choices() -> list[str]:
     return [default.label] + [p.label for p in family.presets if p is not default] + [CUSTOM]
 
 
-def initial_presets() -> dict:
-    """The loaded family's presets with its default chosen, when the page loads: the tab itself is built while
-    the WebUI may still be loading the checkpoint, with only the custom profile to offer."""
-    choices = preset_choices()
-    return gr.update(choices=choices, value=choices[0])
-
-
-def refreshed_presets(current: str) -> dict:
-    """Keep the user's choice if the loaded family offers it, else its default preset (the tab is made
-    before the WebUI has loaded a checkpoint, so the first list may hold only the custom profile)."""
+def refreshed_presets(current: str = "") -> dict:
+    """The loaded family's presets, keeping the user's choice if the family offers it, else choosing its
+    default. Called without a choice when the page loads: the tab itself is built while the WebUI may still
+    be loading the checkpoint, with only the custom profile to offer."""
     choices = preset_choices()
     return gr.update(choices=choices, value=current if current in choices else choices[0])
 
@@ -134,13 +128,12 @@ def cancel(job_id: str) -> str:
 
 def engine_rows() -> list[list[Any]]:
     try:
-        status = EXT.engine_status()
-        entries = EXT.store.entries()
+        listing = EXT.listing()
     except TrtError as e:
         return [["", "", "", str(e), "", "", "", "", "error"]]
     return [[e.id, e.checkpoint, e.family, "; ".join(p.label() for p in e.parsed_profiles), e.lora_label,
              f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1), e.created,
-             status.get(e.id) or "ok"] for e in entries]
+             listing.status[e.id] or "ok"] for e in listing.entries]
 
 
 def delete(engine_id: str) -> tuple[str, list]:
@@ -219,5 +212,5 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
         refresh_button.click(lambda current: (engine_rows(), status_markdown(), refreshed_presets(current)),
                              preset, [engines, status, preset])
         fit_button.click(fit, [fw, fh, fb, fhr, fsc, ft, fn], fit_answer)
-        ui.load(initial_presets, [], preset)
+        ui.load(refreshed_presets, [], preset)
     return [(ui, "TensorRT", "tensorrt")]
