@@ -6,6 +6,8 @@ Every error a user can cause is a :class:`TrtError` whose message says what is w
 
 from __future__ import annotations
 
+import threading
+
 
 class TrtError(Exception):
     """Base of all errors raised on purpose by trt_lib; the message is meant for the user."""
@@ -66,6 +68,12 @@ class BuildCancelled(TrtError):
     """A build was cancelled by the user; nothing was written."""
 
     status_code = 409
+
+    @classmethod
+    def check(cls, cancel: threading.Event | None) -> None:
+        """Stop here once the user has cancelled (``cancel`` set)."""
+        if cancel is not None and cancel.is_set():
+            raise cls("build cancelled; nothing was written")
 
 
 class BackendUnavailableError(TrtError):

@@ -78,7 +78,7 @@ def export_stage(unet: torch.nn.Module, request: BuildRequest, store: EngineStor
     onnx_path.parent.parent.mkdir(parents=True, exist_ok=True)
     export: ExportReport = export_onnx(
         unet, request.family, onnx_path, dtype=request.dtype, device=device,
-        progress=lambda stage, f: (_check_cancel(cancel), report_progress(stage, f * EXPORT_SHARE)))
+        progress=lambda stage, f: (BuildCancelled.check(cancel), report_progress(stage, f * EXPORT_SHARE)))
     report_progress(f"exported in {export.seconds:.1f} s", EXPORT_SHARE)
     return onnx_path
 
@@ -86,7 +86,7 @@ def export_stage(unet: torch.nn.Module, request: BuildRequest, store: EngineStor
 def build_stage(onnx_path: Path, request: BuildRequest, store: EngineStore, *,
                 progress: Progress | None = None, cancel: threading.Event | None = None) -> EngineEntry:
     """Build the engine from the export and record it. Nothing is recorded unless the build finished."""
-    _check_cancel(cancel)
+    BuildCancelled.check(cancel)
     report_progress = progress or (lambda stage, fraction: None)
     engine_id = store.new_id(request.checkpoint)
     engine_path = store.folder / f"{engine_id}.engine"
@@ -118,7 +118,3 @@ def build_engine(unet: torch.nn.Module, request: BuildRequest, store: EngineStor
     onnx_path = export_stage(unet, request, store, progress=progress, cancel=cancel, device=device)
     return build_stage(onnx_path, request, store, progress=progress, cancel=cancel)
 
-
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise BuildCancelled("build cancelled; nothing was written")

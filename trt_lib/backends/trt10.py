@@ -125,8 +125,7 @@ class Backend:
         if not parser.parse_from_file(str(onnx_path)):  # by path, so external weight files beside it are read
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "; ".join(logger.errors)
             raise BuildError(f"{self.label} cannot read {onnx_path.name}: {errors}")
-        if cancel.is_set():
-            raise BuildCancelled("build cancelled; nothing was written")
+        BuildCancelled.check(cancel)
 
         config = builder.create_builder_config()
         inputs = {network.get_input(i).name for i in range(network.num_inputs)}
@@ -162,8 +161,7 @@ class Backend:
         if monitor.error is not None:
             raise monitor.error
         if plan is None:
-            if cancel.is_set():
-                raise BuildCancelled("build cancelled; nothing was written")
+            BuildCancelled.check(cancel)
             raise BuildError(self._failure(logger.errors, refit or strip_weights))
         if cache_path is not None:
             atomic_write_bytes(cache_path, config.get_timing_cache().serialize())
