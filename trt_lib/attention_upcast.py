@@ -37,6 +37,7 @@ def upcast_attention_scores(graph: onnx.GraphProto) -> int:
     producer = {out: i for i, node in enumerate(nodes) for out in node.output}
     before: dict[int, list[onnx.NodeProto]] = {}
     after: dict[int, onnx.NodeProto] = {}
+    retyped: set[str] = set()
     for s_index in [i for i, n in enumerate(nodes) if n.op_type == "Softmax"]:
         region = _score_region(s_index, nodes, producer)
         entering = [(i, k, name) for i in sorted(region) for k, name in enumerate(nodes[i].input)
@@ -50,6 +51,7 @@ def upcast_attention_scores(graph: onnx.GraphProto) -> int:
             nodes[i].input[k] = cast
         probabilities = nodes[s_index].output[0]
         nodes[s_index].output[0] = f"{probabilities}__fp32"
+        retyped.update(out for i in region for out in nodes[i].output)  # now fp32
         after[s_index] = onnx.helper.make_node("Cast", [nodes[s_index].output[0]], [probabilities],
                                                to=onnx.TensorProto.FLOAT16, name=f"{probabilities}__fp16")
     if not after:
@@ -59,7 +61,6 @@ def upcast_attention_scores(graph: onnx.GraphProto) -> int:
         ordered += [*before.get(i, []), node, *([after[i]] if i in after else [])]
     del graph.node[:]
     graph.node.extend(ordered)
-    retyped = {out for i in before for out in nodes[i].output}
     kept = [v for v in graph.value_info if v.name not in retyped]  # loaders infer their types again
     del graph.value_info[:]
     graph.value_info.extend(kept)
