@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from fastapi import FastAPI
 
 STUB = Path(__file__).resolve().parent.parent / "webui_stub"
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +71,13 @@ class Webui:
 
     def module(self, name: str) -> ModuleType:
         return importlib.import_module(name)
+
+    def start(self, *argv: str) -> FastAPI:
+        """Start the stand-in's server with these command-line flags (webui.py ``start``): the app it serves,
+        with the WebUI's API on it under ``--api`` or ``--nowebui`` and the ``app_started`` callbacks fired."""
+        cmd_args = importlib.import_module("modules.cmd_args")
+        vars(self.shared.cmd_opts).update(vars(cmd_args.parser.parse_args(list(argv))))
+        return self.module("webui").start()
 
     # -- checkpoints -------------------------------------------------------------------------------------
 

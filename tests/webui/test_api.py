@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from trt_lib.tiny_unets import make_unet
@@ -22,10 +21,7 @@ def client(webui):
     webui.use_stand_in()
     webui.engine = webui.add_engine("sd15.safetensors", "sd1", SMALL)
     webui.sd_unet.list_unets()
-    app = FastAPI()
-    webui.module("modules.api.api").Api(app, webui.call_queue.queue_lock)
-    webui.script_callbacks.app_started_callback(None, app)
-    return TestClient(app)
+    return TestClient(webui.start("--api"))
 
 
 @pytest.mark.catalogue("sampling")

@@ -1,13 +1,12 @@
-"""Mirrors modules/shared.py (with the parts of shared_options.py, shared_state.py and shared_cmd_options.py
-the extension reads): ``opts`` with the WebUI's own settings, ``cmd_opts``, ``state``, ``sd_model``."""
+"""Mirrors modules/shared.py (with the parts of shared_options.py and shared_state.py the extension reads):
+``opts`` with the WebUI's own settings, ``cmd_opts`` (shared_cmd_options.py's), ``demo``, ``state``,
+``sd_model``."""
 
-import argparse
-
-from modules import devices, options, shared_items
+from modules import devices, options, shared_cmd_options, shared_items
 from modules.options import OptionHTML, OptionInfo, options_section  # noqa: F401 - re-exported as in the WebUI
 
-cmd_opts = argparse.Namespace(lowvram=False, medvram=False, api=True, nowebui=False, api_log=False,
-                              skip_install=False, no_half=True, freeze_settings=False)
+cmd_opts = shared_cmd_options.cmd_opts  # shared.py:14
+demo = None  # shared.py:23; webui() sets it to the UI's Blocks, the stand-in builds none
 device = devices.device
 
 

@@ -1,17 +1,22 @@
-"""Mirrors modules/api/api.py where the extension meets it: ``api_middleware`` turns any exception into a
-JSON answer ``{"error", "detail", "body", "errors"}`` whose status is the exception's own ``status_code``
-(read from the instance's ``vars``, 500 otherwise), and ``POST /sdapi/v1/txt2img`` runs a job under the
-queue lock with ``override_settings``."""
+"""Mirrors modules/api/api.py where the extension meets it: ``api_middleware`` (lines 135-196) turns any
+exception into a JSON answer ``{"error", "detail", "body", "errors"}`` whose status is the exception's own
+``status_code`` (read from the instance's ``vars``, 500 otherwise; an exception's headers are not kept);
+``Api.__init__`` (200-211) reads ``--api-auth`` as comma-separated ``user:password`` pairs, and
+``Api.add_api_route`` (274-277) puts every route behind ``Api.auth`` (279-284, HTTP Basic, passwords compared
+with ``secrets.compare_digest``) when it is set; ``POST /sdapi/v1/txt2img`` runs a job under the queue lock
+with ``override_settings``. Each route's endpoint is a bound method of the ``Api``, as in the WebUI."""
 
 from __future__ import annotations
 
+from secrets import compare_digest
 from threading import Lock
 from typing import Any, Optional
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, Field
 
 from modules import errors, scripts, shared
@@ -76,13 +81,29 @@ class Txt2ImgResponse(BaseModel):
 
 class Api:
     def __init__(self, app: FastAPI, queue_lock: Lock) -> None:
+        if shared.cmd_opts.api_auth:
+            self.credentials = {}
+            for auth in shared.cmd_opts.api_auth.split(","):
+                user, password = auth.split(":")
+                self.credentials[user] = password
+
         self.app = app
         self.queue_lock = queue_lock
         api_middleware(self.app)
         self.add_api_route("/sdapi/v1/txt2img", self.text2imgapi, methods=["POST"], response_model=Txt2ImgResponse)
 
     def add_api_route(self, path: str, endpoint: Any, **kwargs: Any) -> None:
-        self.app.add_api_route(path, endpoint, **kwargs)
+        if shared.cmd_opts.api_auth:
+            return self.app.add_api_route(path, endpoint, dependencies=[Depends(self.auth)], **kwargs)
+        return self.app.add_api_route(path, endpoint, **kwargs)
+
+    def auth(self, credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> bool:  # noqa: B008 - as the WebUI
+        if credentials.username in self.credentials:
+            if compare_digest(credentials.password, self.credentials[credentials.username]):
+                return True
+
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})
 
     def text2imgapi(self, txt2imgreq: Txt2ImgRequest) -> Txt2ImgResponse:
         args = txt2imgreq.dict()
