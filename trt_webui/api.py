@@ -1,11 +1,14 @@
 """HTTP API: list, build, watch and delete engines; list the sd_unet choices; ask whether settings fit.
 
-Routes live under ``/tensorrt/v1``. Bodies are validated (unknown fields refused) and every library error
-becomes a 4xx/5xx answer with the user-facing message as ``detail``.
+Routes live under ``/tensorrt/v1`` and are served only where the WebUI serves its API (``--api`` or
+``--nowebui``), registered through its own ``Api`` (:mod:`.webui_api`): behind its ``--api-auth`` check, with
+its error shape. Bodies are validated (unknown fields refused) and every library error becomes a 4xx/5xx
+answer with the user-facing message as ``detail``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Optional, Union
 
 from fastapi import FastAPI, HTTPException
@@ -18,6 +21,7 @@ from trt_lib.profiles import Profile
 from . import loaded_model
 from .extension import EXT
 from .fit_check import FitQuestion, check_fit
+from .webui_api import find_api
 
 PREFIX = "/tensorrt/v1"
 Dim = Union[int, list[int]]
@@ -65,6 +69,18 @@ class FitBody(BaseModel):
         extra = Extra.forbid
 
 
+ROUTES: list[tuple[str, str, Callable[..., Any]]] = []
+"""Every route of the extension: method, path under :data:`PREFIX`, endpoint; filled by :func:`route`."""
+
+
+def route(method: str, path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare an endpoint as a route: the one way routes are added, so that each gets the WebUI's API rules."""
+    def declare(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        ROUTES.append((method, path, endpoint))
+        return endpoint
+    return declare
+
+
 class ApiError(HTTPException):
     """An HTTP error whose text is its message: the WebUI's middleware answers ``{"detail": …, "errors":
     str(e)}`` and prints a traceback for anything that is not an ``HTTPException``, which a user's bad
@@ -78,6 +94,7 @@ def _fail(error: TrtError) -> ApiError:
     return ApiError(status_code=error.status_code, detail=str(error))
 
 
+@route("GET", "/engines")
 def engines() -> dict[str, Any]:
     try:
         listing = EXT.listing()
@@ -88,12 +105,14 @@ def engines() -> dict[str, Any]:
             "problems": [{"id": k, "reason": v} for k, v in listing.problems.items() if k not in listing.status]}
 
 
+@route("GET", "/unets")
 def unets(refresh: bool = True) -> dict[str, list[str]]:
     if refresh:
         EXT.refresh_unets()
     return {"sd_unet": shared_items.sd_unet_items()}
 
 
+@route("GET", "/presets")
 def presets() -> dict[str, Any]:
     try:
         model = loaded_model.current()
@@ -104,6 +123,7 @@ def presets() -> dict[str, Any]:
                         for p in model.family.presets]}
 
 
+@route("POST", "/builds")
 def start_build(body: BuildBody) -> dict[str, str]:
     try:
         if bool(body.preset) == bool(body.profiles):
@@ -118,6 +138,7 @@ def start_build(body: BuildBody) -> dict[str, str]:
     return {"job_id": job.id}
 
 
+@route("GET", "/builds/{job_id}")
 def build_status(job_id: str) -> dict[str, Any]:
     job = EXT.jobs.get(job_id)
     if job is None:
@@ -126,12 +147,14 @@ def build_status(job_id: str) -> dict[str, Any]:
     return {**job.to_dict(), "engine_id": result}
 
 
+@route("POST", "/builds/{job_id}/cancel")
 def cancel_build(job_id: str) -> dict[str, bool]:
     if EXT.jobs.get(job_id) is None:
         raise ApiError(404, f"no build job {job_id!r}")
     return {"cancelled": EXT.jobs.cancel(job_id)}
 
 
+@route("DELETE", "/engines/{engine_id}")
 def delete_engine(engine_id: str) -> dict[str, str]:
     try:
         if engine_id not in {e.id for e in EXT.store.entries()}:
@@ -141,6 +164,7 @@ def delete_engine(engine_id: str) -> dict[str, str]:
         raise _fail(e) from e
 
 
+@route("POST", "/fit")
 def fit(body: FitBody) -> dict[str, Any]:
     try:
         return check_fit(FitQuestion(**body.dict())).to_dict()
@@ -149,12 +173,9 @@ def fit(body: FitBody) -> dict[str, Any]:
 
 
 def on_app_started(_demo: Any, app: FastAPI) -> None:
-    """Register the routes (on_app_started callback)."""
-    app.add_api_route(f"{PREFIX}/engines", engines, methods=["GET"])
-    app.add_api_route(f"{PREFIX}/engines/{{engine_id}}", delete_engine, methods=["DELETE"])
-    app.add_api_route(f"{PREFIX}/unets", unets, methods=["GET"])
-    app.add_api_route(f"{PREFIX}/presets", presets, methods=["GET"])
-    app.add_api_route(f"{PREFIX}/builds", start_build, methods=["POST"])
-    app.add_api_route(f"{PREFIX}/builds/{{job_id}}", build_status, methods=["GET"])
-    app.add_api_route(f"{PREFIX}/builds/{{job_id}}/cancel", cancel_build, methods=["POST"])
-    app.add_api_route(f"{PREFIX}/fit", fit, methods=["POST"])
+    """Register every route through the WebUI's ``Api`` (on_app_started callback); none where it serves no API."""
+    webui_api = find_api(app)
+    if webui_api is None:
+        return
+    for method, path, endpoint in ROUTES:
+        webui_api.add_api_route(PREFIX + path, endpoint, methods=[method])
