@@ -1,6 +1,7 @@
-"""Mirrors modules/cmd_args.py for the flags the extension and the stand-in read, with the real definitions:
+"""Mirrors modules/cmd_args.py for the flags of the stand-in's ``cmd_opts``, with the real definitions:
 ``--skip-install`` (line 18), ``--no-half`` (30), ``--medvram`` (39), ``--lowvram`` (41), ``--freeze-settings``
-(82), ``--api``, ``--api-auth``, ``--api-log``, ``--nowebui`` (101-104) and ``--api-server-stop`` (121)."""
+(82), ``--api``, ``--api-auth``, ``--api-log`` and ``--nowebui`` (101-104),
+the last read by the stand-in's ``Api`` and ``webui.py`` as in the WebUI."""
 
 import argparse
 
@@ -20,4 +21,3 @@ parser.add_argument("--api-auth", type=str, help='Set authentication for API lik
                                                  'comma-delimit multiple like "u1:p1,u2:p2,u3:p3"', default=None)
 parser.add_argument("--api-log", action='store_true', help="use api-log=True to enable logging of all API requests")
 parser.add_argument("--nowebui", action='store_true', help="use api=True to launch the API instead of the webui")
-parser.add_argument('--api-server-stop', action='store_true', help='enable server stop/restart/kill via api')
