@@ -172,7 +172,7 @@ def test_other_supported_target(onnx_path: Path, tmp_path: Path) -> None:
 @pytest.mark.catalogue("install")
 @pytest.mark.skipif(not NO_GPU, reason="checks the refusal without a GPU")
 def test_no_target_without_gpu_asks_for_one(onnx_path: Path, tmp_path: Path) -> None:
-    with pytest.raises(BuildError, match="choose the compute capability .* in Settings"):
+    with pytest.raises(BuildError, match='set Settings → TensorRT → "Build for compute capability"'):
         build(onnx_path, tmp_path, compute_capability=None)
 
 

@@ -90,6 +90,12 @@ class Backend:
     def version(self) -> str:
         return str(self.module().__version__)
 
+    def build_target(self, requested: str | None) -> str:
+        """The compute capability a build for ``requested`` targets; :class:`BuildTargetError` naming the setting
+        that fixes it when there is none (no GPU and no target chosen), so that a build is refused before its
+        export rather than failing after it."""
+        return self._target(self.module(), requested)[0]
+
     def needs_gpu_to_build(self, refit: bool) -> bool:
         """Whether a build occupies the GPU: TensorRT tunes kernels on the GPU it runs on, TensorRT for RTX
         compiles ahead of time on the CPU, except refittable or weight-stripped plans (1.7.1 needs CUDA for
@@ -190,8 +196,8 @@ class Backend:
             return current, None
         target = requested or current
         if target is None:
-            raise BuildTargetError(f"no CUDA GPU is visible here to build for: choose the compute capability of "
-                                   f"the GPU that will run the engine in Settings → TensorRT "
+            raise BuildTargetError(f"no CUDA GPU is visible here to build for: set Settings → TensorRT → \"Build "
+                                   f"for compute capability\" to that of the GPU that will run the engine "
                                    f"({', '.join(self._supported(trt))})")
         supported = self._supported(trt)
         if target not in supported:
