@@ -9,6 +9,7 @@ import dataclasses
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,37 @@ def test_cancel_mid_build_leaves_nothing(onnx_path: Path, tmp_path: Path) -> Non
         build(onnx_path, tmp_path, progress=progress, cancel=cancel)
     assert 0.05 < seen[-1] < 1.0
     assert files(tmp_path) == []
+
+
+@pytest.mark.catalogue("interruptions")
+def test_cancel_stops_a_real_unet_build_in_its_longest_silent_phase(exported_onnx, tmp_path: Path) -> None:
+    """Issue 11, defect 7: TensorRT stops only between the steps its monitor reports, and TensorRT for RTX spends
+    most of a UNet build in one step (the cancel waited 6.5 s of a 6.8 s build). The uncancelled build, timed
+    here, says which stage precedes the longest silence; the cancelled build is cancelled right there."""
+    onnx = exported_onnx("sd1", torch.float16)
+    shapes = [SD1.engine_shapes(Profile.static(1, 512, 512))]
+    seen: list[tuple[float, str]] = []
+    started = time.perf_counter()
+    RTX.build(onnx, tmp_path / "full" / "e.engine", shapes, compute_capability="8.9",
+              progress=lambda stage, f: seen.append((time.perf_counter(), stage)))
+    duration = time.perf_counter() - started
+    silence, stage = max((later[0] - now[0], now[1]) for now, later in zip(seen, seen[1:]))
+    assert silence > duration / 3, (silence, duration, stage)  # the case this test is about
+
+    cancel, cancelled_at = threading.Event(), []
+
+    def progress(reported: str, fraction: float) -> None:
+        if reported == stage and not cancel.is_set():
+            cancelled_at.append(time.perf_counter())
+            cancel.set()
+
+    folder = tmp_path / "cancelled"
+    with pytest.raises(BuildCancelled, match="nothing was written"):
+        RTX.build(onnx, folder / "e.engine", shapes, compute_capability="8.9", progress=progress, cancel=cancel,
+                  cache_dir=folder / "cache")
+    stopped_after = time.perf_counter() - cancelled_at[0]
+    assert stopped_after < silence / 4, (stopped_after, silence)
+    assert not folder.exists() or files(folder) == []
 
 
 @pytest.mark.catalogue("interruptions")
