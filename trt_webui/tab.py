@@ -11,7 +11,7 @@ import gradio as gr
 from modules import shared
 
 from trt_lib.errors import TrtError
-from trt_lib.install_plan import BACKEND_LABELS, InstallStatus
+from trt_lib.install_plan import BACKEND_LABELS, InstallStatus, backend_note
 from trt_lib.jobs import Job
 from trt_lib.profiles import DIMENSIONS, Profile
 
@@ -39,9 +39,15 @@ def status_markdown() -> str:
     else:
         lines.append(f"**Backend:** {BACKEND_LABELS[backend]} {runtime.backend_version}"
                      + (f", GPU compute capability {runtime.compute_capability}" if runtime.compute_capability else ""))
+    note = backend_note(backend)
+    if note:
+        lines.append(note)
     status = InstallStatus.read(INSTALL_STATUS)
-    for name, why in (status.failed.items() if status else []):
-        lines.append(f"**install.py could not install {name}:** {why}")
+    if status and status.backend != backend:
+        lines.append(f"install.py last ran for {BACKEND_LABELS.get(status.backend, status.backend)}: restart the "
+                     f"WebUI so that it installs {BACKEND_LABELS[backend]}.")
+    for name, why in (status.failed.items() if status and status.backend == backend else []):
+        lines.append(f"**install.py could not install {name}:** " + why.replace("\n", "  \n"))  # kept line breaks
     if EXT.discarded:
         lines.append("Removed unfinished files of an interrupted build: " + ", ".join(EXT.discarded))
     return "\n\n".join(lines)
