@@ -5,10 +5,19 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
-from trt_lib.install_plan import InstallStatus, cuda_flavour, install, pip_error_summary
+from trt_lib.install_plan import (
+    InstallStatus,
+    backend_note,
+    configured_backend,
+    cuda_flavour,
+    default_backend,
+    install,
+    pip_error_summary,
+)
 
 
 def run(tmp_path, present: set[str], fail: set[str] = frozenset(), backend: str = "tensorrt_rtx",
@@ -89,3 +98,50 @@ def test_pip_errors_are_summarised_from_their_error_lines():
     assert summary.splitlines() == ["ERROR: Could not find a version that satisfies the requirement tensorrt-cu12",
                                     "ERROR: No matching distribution found for tensorrt-cu12"]
     assert pip_error_summary("a\nb\nc\nd") == "b\nc\nd"
+
+
+PIP_NO_NVIDIA_INDEX = Path(__file__).parent / "data" / "pip-tensorrt-cu12-nvidia-index-unreachable.txt"
+"""The WebUI's run_pip error for `pip install "tensorrt-cu12>=10.0"` where only PyPI can be reached, recorded
+on this project's development machine (2026-12-02, pip 24, tensorrt-cu12 11.4.0.106)."""
+
+
+@pytest.mark.catalogue("install")
+def test_a_tensorrt_install_that_cannot_reach_nvidias_index_says_why_and_what_to_do(tmp_path):
+    """Issue 11, defect 6: the tab showed pip's last lines ("See above for details"), not the cause."""
+    def run_pip(args: str, desc: str) -> None:
+        raise RuntimeError(PIP_NO_NVIDIA_INDEX.read_text(encoding="utf-8"))
+
+    status = install("tensorrt", lambda name: name != "tensorrt", run_pip, tmp_path / "status.json", flavour="cu12")
+    why = status.failed["tensorrt"]
+    assert why.startswith("tensorrt-cu12-libs 11.4.0.106 is a placeholder on PyPI that downloads the real wheel "
+                          "from NVIDIA's package index (https://pypi.nvidia.com/) while installing, and that index "
+                          "could not be reached from this machine.")
+    assert "error: metadata-generation-failed" in why.splitlines()  # pip's lowercase error lines are kept
+    assert "Allow https://pypi.nvidia.com/ on this machine" in why
+    assert 'python -m pip install "tensorrt-cu12>=10.0" --extra-index-url https://pypi.nvidia.com/' in why
+    assert "choose TensorRT for RTX (tensorrt_rtx) in Settings → TensorRT" in why
+    assert "See above for details" not in why
+
+
+def test_lowercase_pip_error_lines_are_summarised():
+    output = PIP_NO_NVIDIA_INDEX.read_text(encoding="utf-8")
+    assert pip_error_summary(output).splitlines() == [
+        "error: subprocess-exited-with-error", "× Preparing metadata (pyproject.toml) did not run successfully.",
+        "╰─> [125 lines of output]", "error: metadata-generation-failed",
+        "× Encountered error while generating package metadata.", "╰─> tensorrt_cu12_libs"]
+
+
+@pytest.mark.catalogue("install")
+def test_the_backend_setting_is_the_one_source_of_truth_and_the_variable_its_default(tmp_path):
+    """Issue 11, defect 5: SD_WEBUI_TRT_BACKEND steered install.py only, while the WebUI ran the setting."""
+    config = tmp_path / "config.json"
+    rtx = {"SD_WEBUI_TRT_BACKEND": "tensorrt_rtx"}
+    assert configured_backend(config, {}) == default_backend({}) == "tensorrt"  # no config.json yet
+    assert configured_backend(config, rtx) == default_backend(rtx) == "tensorrt_rtx"
+    assert default_backend({"SD_WEBUI_TRT_BACKEND": "cuda"}) == "tensorrt"  # not a backend: ignored
+    config.write_text(json.dumps({"sd_model_checkpoint": "x"}))
+    assert configured_backend(config, rtx) == "tensorrt_rtx"  # saved before the extension came
+    config.write_text(json.dumps({"trt_backend": "tensorrt"}))
+    assert configured_backend(config, rtx) == "tensorrt"  # the setting wins, and says so
+    assert backend_note("tensorrt", rtx).startswith("SD_WEBUI_TRT_BACKEND=tensorrt_rtx is not used")
+    assert backend_note("tensorrt_rtx", rtx) == backend_note("tensorrt", {}) == ""

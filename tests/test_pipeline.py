@@ -86,15 +86,16 @@ def test_disk_full_during_export_is_a_clear_error_and_leaves_nothing(tiny_unet, 
 
 @pytest.mark.catalogue("files")
 def test_disk_full_while_writing_the_engine_is_a_clear_error_and_records_nothing(tiny_unet, tmp_path, monkeypatch):
-    import trt_lib.store as store_module
-
     store = EngineStore(tmp_path / "engines")
     onnx_path = export_stage(tiny_unet("sd1"), request_for("sd1"), store)
-
-    def full(fd: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(store_module.os, "fsync", full)  # where files are written atomically
+    # The engine is written by the build's child process: a disk that is full there (os.fsync is where files
+    # are written atomically), through a sitecustomize the child imports at start.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import errno, os\n\n\ndef full(fd):\n    raise OSError(errno.ENOSPC, 'No space left on device')\n\n\n"
+        "os.fsync = full\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
     with pytest.raises(BuildError, match="No space left on device.*Free some disk space"):
         build_engine(tiny_unet("sd1"), request_for("sd1"), store)
     assert store.entries() == [] and list(store.folder.glob("*.engine*")) == []

@@ -9,15 +9,44 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .store import atomic_write_text
 
 BACKEND_LABELS = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT for RTX"}
+BACKEND_ENV = "SD_WEBUI_TRT_BACKEND"
+"""Environment variable giving the default of the backend setting (Settings → TensorRT), where the WebUI's
+config.json has no value for it yet: the setting is the one source of truth, for install.py and the WebUI."""
+
+
+def default_backend(environ: Mapping[str, str] = os.environ) -> str:
+    """The backend setting's default: ``SD_WEBUI_TRT_BACKEND`` when it names a backend, else TensorRT."""
+    value = environ.get(BACKEND_ENV, "")
+    return value if value in BACKEND_LABELS else "tensorrt"
+
+
+def configured_backend(config: Path, environ: Mapping[str, str] = os.environ) -> str:
+    """The backend as the WebUI will read its setting: config.json's ``trt_backend``, else the default."""
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("trt_backend")
+    except (OSError, ValueError, AttributeError):
+        value = None
+    return value if value in BACKEND_LABELS else default_backend(environ)
+
+
+def backend_note(chosen: str, environ: Mapping[str, str] = os.environ) -> str:
+    """Says so when ``SD_WEBUI_TRT_BACKEND`` asks for another backend than the setting holds; "" otherwise."""
+    wanted = environ.get(BACKEND_ENV, "")
+    if not wanted or wanted == chosen:
+        return ""
+    return (f"{BACKEND_ENV}={wanted} is not used: it only sets the default, and Settings → TensorRT → \"Backend "
+            f"that builds and runs engines\" holds {chosen}. Choose the backend there (install.py then installs "
+            "it at the next start).")
 
 
 @dataclass(frozen=True)
@@ -77,12 +106,34 @@ def _imports(module: str) -> bool:
     return True
 
 
+NVIDIA_INDEX = "https://pypi.nvidia.com/"
+"""Where ``tensorrt-cu12``/``-cu13`` (placeholders on PyPI) download their real wheels while installing."""
+
+
 def pip_error_summary(output: str, limit: int = 600) -> str:
-    """The lines of pip's output that say what went wrong (``ERROR:`` lines, else the last lines), whole."""
+    """The lines of pip's output that say what went wrong, whole: its ``ERROR:`` lines, the lowercase
+    ``error:`` lines and ``×``/``╰─>`` lines of a failed build step, else the last lines."""
     lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
-    chosen = [line for line in lines if line.startswith("ERROR")] or lines[-3:]
+    chosen = [line for line in lines if re.match(r"(error:|×|╰─>)", line, re.IGNORECASE)] or lines[-3:]
     text = "\n".join(chosen)
     return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
+
+
+def failure_text(req: Requirement, backend: str, output: str) -> str:
+    """What failed and what to do, for the console and the tab: the cause where pip's output shows a known
+    one, pip's own error lines, and the fix."""
+    summary = pip_error_summary(output)
+    by_hand = f"python -m pip {req.pip}"
+    found = re.search(r"The installation of (\S+) for version (\S+) failed", output)
+    if NVIDIA_INDEX.rstrip("/") in output and found:
+        other = ("; or choose TensorRT for RTX (tensorrt_rtx) in Settings → TensorRT, whose wheels come from "
+                 "PyPI, and restart" if backend == "tensorrt" else "")
+        return (f"{found.group(1)} {found.group(2)} is a placeholder on PyPI that downloads the real wheel from "
+                f"NVIDIA's package index ({NVIDIA_INDEX}) while installing, and that index could not be reached "
+                f"from this machine.\n{summary}\nAllow {NVIDIA_INDEX} on this machine and restart the WebUI, or "
+                f"install by hand in the WebUI's Python: python -m pip {req.pip} --extra-index-url "
+                f"{NVIDIA_INDEX}{other}.")
+    return f"{summary}\nInstall it by hand in the WebUI's Python and restart the WebUI: {by_hand}"
 
 
 def requirements(backend: str, flavour: str) -> list[Requirement]:
@@ -119,8 +170,7 @@ def install(backend: str, is_installed: Callable[[str], bool], run_pip: Callable
             run_pip(req.pip, f"{req.name} for the TensorRT extension ({req.why})")
             status.installed.append(req.name)
         except Exception as e:  # the WebUI's run_pip raises RuntimeError with pip's output
-            status.failed[req.name] = (f"{pip_error_summary(str(e))}\nInstall it by hand in the WebUI's Python "
-                                       f"and restart the WebUI: python -m pip {req.pip}")
+            status.failed[req.name] = failure_text(req, backend, str(e))
     try:
         atomic_write_text(status_path, json.dumps(asdict(status), indent=1))
     except OSError:

@@ -69,7 +69,11 @@ def export_stage(unet: torch.nn.Module, request: BuildRequest, store: EngineStor
     The only stage that needs the loaded UNet (and its GPU): callers hold the WebUI's queue lock for it alone.
     """
     request.validate()
-    report_progress = progress or (lambda stage, fraction: None)
+
+    def report_progress(stage: str, fraction: float) -> None:  # "export: …", beside the backend's build stages
+        if progress is not None:
+            progress(f"export: {stage}", fraction)
+
     onnx_path = onnx_path_for(store, request)
     if onnx_path.is_file():
         report_progress("reusing the earlier ONNX export", EXPORT_SHARE)

@@ -277,6 +277,12 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f"{final.name}{TEMP_MARK}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def discard_partials(folder: Path, pid: int) -> None:
+    """Remove the partial files process ``pid`` was writing in ``folder`` (it was killed mid-write)."""
+    for path in Path(folder).glob(f"*{TEMP_MARK}-{pid}-*"):
+        _unlink(path)
+
+
 _PARTIAL = re.compile(re.escape(TEMP_MARK) + r"-(\d+)-")
 
 

@@ -143,7 +143,8 @@ class Extension:
                                compute_capability=settings.compute_capability(),
                                loras=lora_bake.check_loras(loras or []), refit=refit, dtype=devices.dtype_unet)
         request.validate()
-        get_backend(request.backend).version()  # refuse now, with the fix, if the backend is missing
+        # refuse now, with the fix, if the backend is missing or there is nothing to build for (no GPU, no target)
+        get_backend(request.backend).build_target(request.compute_capability)
         store = self.store
 
         def run(job: Job) -> EngineEntry:

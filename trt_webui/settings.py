@@ -7,7 +7,7 @@ from pathlib import Path
 
 from modules import paths, shared
 
-from trt_lib.install_plan import BACKEND_LABELS
+from trt_lib.install_plan import BACKEND_ENV, BACKEND_LABELS, default_backend
 
 EXTENSION_DIR = Path(__file__).resolve().parent.parent
 SECTION = ("tensorrt", "TensorRT")
@@ -26,11 +26,11 @@ def register() -> None:
 
     options = {
         "trt_backend": shared.OptionInfo(
-            "tensorrt", "Backend that builds and runs engines", gr.Radio,
+            default_backend(), "Backend that builds and runs engines", gr.Radio,
             {"choices": list(BACKEND_LABELS)}).info(
             "tensorrt = TensorRT 10 (any NVIDIA GPU it supports); tensorrt_rtx = TensorRT for RTX (GeForce RTX "
             "20 series and later, small download, engines built per GPU). Restart after changing: install.py "
-            "installs the chosen one."),
+            f"installs the chosen one. Default: tensorrt, or {BACKEND_ENV} where set."),
         "trt_on_uncovered": shared.OptionInfo(
             "raise", "When no engine covers a generation (size, batch, hires fix, prompt length)", gr.Radio,
             {"choices": list(ON_UNCOVERED)}).info(
@@ -54,8 +54,9 @@ def engine_dir() -> Path:
 
 
 def backend() -> str:
-    value = getattr(shared.opts, "trt_backend", "tensorrt")
-    return value if value in BACKEND_LABELS else "tensorrt"
+    """The chosen backend, the one source of truth install.py reads too (from config.json)."""
+    value = getattr(shared.opts, "trt_backend", None)
+    return value if value in BACKEND_LABELS else default_backend()
 
 
 def falls_back() -> bool:

@@ -3,13 +3,16 @@ engines, and check whether planned settings are covered."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import gradio as gr
+from modules import shared
 
 from trt_lib.errors import TrtError
-from trt_lib.install_plan import BACKEND_LABELS, InstallStatus
+from trt_lib.install_plan import BACKEND_LABELS, InstallStatus, backend_note
+from trt_lib.jobs import Job
 from trt_lib.profiles import DIMENSIONS, Profile
 
 from . import loaded_model, lora_bake, settings
@@ -36,9 +39,15 @@ def status_markdown() -> str:
     else:
         lines.append(f"**Backend:** {BACKEND_LABELS[backend]} {runtime.backend_version}"
                      + (f", GPU compute capability {runtime.compute_capability}" if runtime.compute_capability else ""))
+    note = backend_note(backend)
+    if note:
+        lines.append(note)
     status = InstallStatus.read(INSTALL_STATUS)
-    for name, why in (status.failed.items() if status else []):
-        lines.append(f"**install.py could not install {name}:** {why}")
+    if status and status.backend != backend:
+        lines.append(f"install.py last ran for {BACKEND_LABELS.get(status.backend, status.backend)}: restart the "
+                     f"WebUI so that it installs {BACKEND_LABELS[backend]}.")
+    for name, why in (status.failed.items() if status and status.backend == backend else []):
+        lines.append(f"**install.py could not install {name}:** " + why.replace("\n", "  \n"))  # kept line breaks
     if EXT.discarded:
         lines.append("Removed unfinished files of an interrupted build: " + ", ".join(EXT.discarded))
     return "\n\n".join(lines)
@@ -62,16 +71,44 @@ def refreshed_presets(current: str = "") -> dict:
     return gr.update(choices=choices, value=current if current in choices else choices[0])
 
 
-def profile_from(preset_label: str, *values: float) -> Profile:
-    """The preset chosen, or the custom min/opt/max fields (batch, height, width, tokens in that order)."""
-    if preset_label != CUSTOM:
-        family = loaded_model.current().family
-        return next(p.profile for p in family.presets if p.label == preset_label)
-    ranges = {d: [int(v) for v in values[i * 3:i * 3 + 3]] for i, d in enumerate(DIMENSIONS)}
-    return Profile.from_dict(ranges)
+def number(value: Any, name: str) -> float:
+    """A number field's value: Gradio hands over None for an emptied field."""
+    try:
+        found = float(value)
+    except (TypeError, ValueError):
+        found = math.nan
+    if not math.isfinite(found):
+        raise TrtError(f"{name}: enter a number")
+    return found
 
 
-def validate(preset_label: str, *values: float) -> str:
+def whole_number(value: Any, name: str) -> int:
+    """A number field's value as an int (Gradio's numbers are floats)."""
+    found = number(value, name)
+    if not found.is_integer():
+        raise TrtError(f"{name}: enter a whole number, not {found:g}")
+    return int(found)
+
+
+def profile_from(preset_label: Any, *values: Any) -> Profile:
+    """The preset chosen, or the custom min/opt/max fields (batch, height, width, tokens in that order).
+
+    The preset box can hand over a value that is not among its choices: "" when the user typed and left it,
+    or a preset of the previous checkpoint's family when the checkpoint changed since the last Refresh."""
+    if preset_label == CUSTOM:
+        ranges = {d: [whole_number(values[i * 3 + j] if i * 3 + j < len(values) else None, f"{d} {part}")
+                      for j, part in enumerate(("min", "opt", "max"))] for i, d in enumerate(DIMENSIONS)}
+        return Profile.from_dict(ranges)
+    family = loaded_model.current().family
+    for preset in family.presets:
+        if preset.label == preset_label:
+            return preset.profile
+    chosen = f"{preset_label!r} is not a preset of {family.label}" if preset_label else "no preset is chosen"
+    raise TrtError(f"{chosen}: pick one from the list (press Refresh after a checkpoint change), or "
+                   f"{CUSTOM!r} for your own ranges")
+
+
+def validate(preset_label: Any, *values: Any) -> str:
     """Shown as the user types: every problem of the profile, or what the engine will accept."""
     try:
         profile = profile_from(preset_label, *values)
@@ -85,10 +122,10 @@ def validate(preset_label: str, *values: float) -> str:
             "largest size")
 
 
-def parse_loras(text: str) -> list[dict[str, Any]]:
+def parse_loras(text: Any) -> list[dict[str, Any]]:
     """"name:weight, other" (weight 1 when left out) -> [{"name", "weight"}]."""
     loras = []
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+    for item in filter(None, (part.strip() for part in str(text or "").split(","))):
         name, _, weight = item.rpartition(":") if ":" in item else (item, "", "1")
         try:
             loras.append({"name": name.strip(), "weight": float(weight)})
@@ -97,32 +134,61 @@ def parse_loras(text: str) -> list[dict[str, Any]]:
     return loras
 
 
-def add_lora(text: str, name: str | None) -> tuple[str, None]:
-    """Append a LoRA picked from the WebUI's list to the bake box at weight 1 (edited there), once."""
-    if not name or name in {lo["name"] for lo in parse_loras(text)}:
+def add_lora(text: Any, name: Any) -> tuple[str, None]:
+    """Append a LoRA picked from the WebUI's list to the bake box at weight 1 (edited there), once; a box the
+    user left unreadable is kept as typed (the build then says what is wrong with it)."""
+    text = str(text or "")
+    try:
+        present = {lo["name"] for lo in parse_loras(text)}
+    except TrtError:
         return text, None
-    return ", ".join(filter(None, [(text or "").strip(" ,"), f"{name}:1"])), None
+    if not name or not isinstance(name, str) or name in present:
+        return text, None
+    return ", ".join(filter(None, [text.strip(" ,"), f"{name}:1"])), None
 
 
-def build(preset_label: str, lora_text: str, refit: bool, *values: Any,
-          progress: gr.Progress = gr.Progress()) -> tuple[str, str, list]:  # noqa: B008
+def build(progress: gr.Progress = gr.Progress(), *inputs: Any) -> tuple[str, str, list]:  # noqa: B008
+    """The build button: queue the build, then follow it with Gradio's progress bar (stage and fraction).
+
+    Gradio 3.41 hooks up a ``gr.Progress`` only for a positional parameter whose default is one, before any
+    ``*args`` (``gradio.helpers.special_args``): hence ``progress`` first and the button's inputs (preset,
+    LoRAs, refit, the twelve custom fields) after it."""
+    return _build(progress, *inputs)
+
+
+def build_without_progress(*inputs: Any) -> tuple[str, str, list]:
+    """The build button under ``--no-gradio-queue``: Gradio then refuses to launch at all with a handler that
+    tracks progress ("Progress tracking requires queuing to be enabled"), so this one answers at the end."""
+    return _build(None, *inputs)
+
+
+def _build(progress: gr.Progress | None, preset_label: Any = None, lora_text: Any = "", refit: Any = False,
+           *values: Any) -> tuple[str, str, list]:
     try:
         job = EXT.submit_build([profile_from(preset_label, *values)], parse_loras(lora_text), refit=bool(refit))
     except TrtError as e:
         return f"⚠ {e}", "", engine_rows()
     while job.state in ("queued", "running"):
-        progress(job.progress, desc=job.stage or job.state)
+        if progress is not None:
+            progress(job.progress, desc=job_stage(job))
         time.sleep(0.25)
     text = {"done": "✓ Engine built: ", "cancelled": "Cancelled: ", "failed": "⚠ Build failed: "}[job.state]
     detail = job.result.id if job.finished_ok else job.message
     return text + detail, job.id, engine_rows()
 
 
-def cancel(job_id: str) -> str:
+def job_stage(job: Job) -> str:
+    """What the progress bar says: the stage (export, build, writing…), or that a cancel is under way."""
+    if job.cancel.is_set():
+        return "cancelling…"
+    return job.stage or ("waiting for the build before it" if job.state == "queued" else "starting")
+
+
+def cancel(job_id: Any) -> str:
     for job in EXT.jobs.jobs():
         if job.state in ("queued", "running") and (not job_id or job.id == job_id):
             EXT.jobs.cancel(job.id)
-            return "Cancelling… nothing half-written is kept."
+            return "Cancelling… (within a few seconds; nothing half-written is kept)"
     return "No build is running."
 
 
@@ -136,19 +202,23 @@ def engine_rows() -> list[list[Any]]:
              listing.status[e.id] or "ok"] for e in listing.entries]
 
 
-def delete(engine_id: str) -> tuple[str, list]:
+def delete(engine_id: Any) -> tuple[str, list]:
+    engine_id = str(engine_id or "").strip()
+    if not engine_id:
+        return "⚠ Enter the id of the engine to delete (the first column of the list).", engine_rows()
     try:
-        EXT.delete(engine_id.strip())
+        EXT.delete(engine_id)
         return f"Deleted {engine_id}.", engine_rows()
     except TrtError as e:
         return f"⚠ {e}", engine_rows()
 
 
-def fit(width: float, height: float, batch: float, hires: bool, scale: float, tokens: float,
-        negative: float) -> str:
+def fit(width: Any, height: Any, batch: Any, hires: Any, scale: Any, tokens: Any, negative: Any) -> str:
     try:
-        return check_fit(FitQuestion(int(width), int(height), int(batch), hires, float(scale), int(tokens),
-                                     int(negative))).message
+        return check_fit(FitQuestion(
+            whole_number(width, "width"), whole_number(height, "height"), whole_number(batch, "batch size"),
+            bool(hires), number(scale, "upscale by"), whole_number(tokens, "prompt tokens"),
+            whole_number(negative, "negative tokens"))).message
     except TrtError as e:
         return f"⚠ {e}"
 
@@ -205,7 +275,8 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
 
         for component in [preset, *fields]:
             component.change(validate, [preset, *fields], check)
-        build_button.click(build, [preset, loras, refit, *fields], [result, job_id, engines]).then(
+        handler = build_without_progress if shared.cmd_opts.no_gradio_queue else build
+        build_button.click(handler, [preset, loras, refit, *fields], [result, job_id, engines]).then(
             None, _js="trtRefreshUnetList")
         cancel_button.click(cancel, job_id, result)
         delete_button.click(delete, engine_id, [deleted, engines]).then(None, _js="trtRefreshUnetList")

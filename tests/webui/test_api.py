@@ -84,6 +84,9 @@ def test_builds_queue_one_at_a_time_and_hold_the_queue_lock_only_to_export(clien
         def version(self) -> str:
             return "stand-in"
 
+        def build_target(self, requested: str | None) -> str:
+            return "stand-in"
+
         def needs_gpu_to_build(self, refit: bool) -> bool:
             return False  # an ahead-of-time build on the CPU, as TensorRT for RTX does
 

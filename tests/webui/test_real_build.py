@@ -141,3 +141,18 @@ def test_a_build_cancelled_through_the_api_leaves_no_engine(client, webui, monke
     job_id = client.post("/tensorrt/v1/builds", json={"preset": "static-512"}).json()["job_id"]
     assert webui.EXT.jobs.wait(job_id, timeout=120).state == "done"
     assert len(webui.EXT.store.entries()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_without_a_gpu_or_a_target_a_build_is_refused_before_the_export(client, webui):
+    """Issue 11, defect 8: such a build used to be accepted and fail after the export."""
+    webui.shared.opts.set("trt_compute_capability", "")
+    r = client.post("/tensorrt/v1/builds", json={"preset": "static-512"})
+    assert r.status_code == 422, r.text
+    assert 'Settings → TensorRT → "Build for compute capability"' in r.json()["detail"]
+    assert webui.EXT.jobs.jobs() == [] and store_files(webui) == []
+    tab = webui.module("trt_webui.tab")
+    preset = webui.module("trt_lib.families").get_family("sd1").preset("static-512").label
+    answer, job_id, _ = tab.build(None, preset, "", False, *[0] * 12)
+    assert answer.startswith("⚠ ") and '"Build for compute capability"' in answer and job_id == ""
+    assert webui.EXT.jobs.jobs() == [] and store_files(webui) == []

@@ -15,7 +15,9 @@ import os
 import subprocess
 import sys
 
-args = argparse.Namespace(skip_install=False)
+# cmd_args.py:85: --ui-settings-file defaults to <data dir>/config.json, the data dir to the WebUI's folder, the
+# one it runs in (here: the installer's working directory)
+args = argparse.Namespace(skip_install=False, ui_settings_file=os.path.join(os.getcwd(), "config.json"))
 python = os.environ.get("WEBUI_STUB_PIP_PYTHON", sys.executable)
 index_url = os.environ.get("INDEX_URL", "")
 

@@ -22,14 +22,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ..errors import BackendUnavailableError, BuildCancelled, BuildError, BuildTargetError
 from ..install_plan import cuda_flavour, requirements
-from ..runtime import EngineProfile
 from ..store import atomic_write_bytes
 
 if TYPE_CHECKING:
+    from ..runtime import EngineProfile
     from .tensorrt_runtime import TensorRTRunner
 
 Progress = Callable[[str, float], None]
@@ -90,6 +88,12 @@ class Backend:
     def version(self) -> str:
         return str(self.module().__version__)
 
+    def build_target(self, requested: str | None) -> str:
+        """The compute capability a build for ``requested`` targets; :class:`BuildTargetError` naming the setting
+        that fixes it when there is none (no GPU and no target chosen), so that a build is refused before its
+        export rather than failing after it."""
+        return self._target(self.module(), requested)[0]
+
     def needs_gpu_to_build(self, refit: bool) -> bool:
         """Whether a build occupies the GPU: TensorRT tunes kernels on the GPU it runs on, TensorRT for RTX
         compiles ahead of time on the CPU, except refittable or weight-stripped plans (1.7.1 needs CUDA for
@@ -107,14 +111,28 @@ class Backend:
         ``refit`` makes the engine's weights replaceable (LoRA switching); ``strip_weights`` leaves them out of
         the plan, to be refitted from the ONNX at load. The engine file appears only once complete; a cancel
         (:class:`BuildCancelled`) or failure (:class:`BuildError`) leaves nothing behind.
+
+        The build runs in a child process (:mod:`.build_process`) that a cancel kills wherever it is: TensorRT
+        stops only between the steps its progress monitor reports, and TensorRT for RTX 1.7.1 spends most of
+        a build in one step.
         """
-        trt = self.module()
-        onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-        report = progress or (lambda stage, fraction: None)
-        cancel = cancel or threading.Event()
+        from .build_process import build_in_child
+
         if not profiles:
             raise BuildError("at least one optimisation profile is needed")
-        target, target_enum = self._target(trt, compute_capability)
+        target = self.build_target(compute_capability)  # refused here, before a process is started
+        return build_in_child(self, Path(onnx_path), Path(engine_path), profiles, target=target, refit=refit,
+                              strip_weights=strip_weights, progress=progress or (lambda stage, fraction: None),
+                              cancel=cancel or threading.Event(), cache_dir=cache_dir)
+
+    def build_here(self, onnx_path: Path, engine_path: Path, profiles: Sequence[EngineProfile], *, target: str,
+                   refit: bool, strip_weights: bool, progress: Progress, cache_dir: Path | None,
+                   cancel: threading.Event | None = None) -> BuildReport:
+        """:meth:`build` in this process, for the ``target`` :meth:`build_target` gave; run by the child."""
+        trt = self.module()
+        report = progress
+        cancel = cancel or threading.Event()
+        target_enum = self._supported(trt)[target] if self.targets_compute_capability else None
         started = time.perf_counter()
 
         report(f"parsing {onnx_path.name}", 0.0)
@@ -190,8 +208,8 @@ class Backend:
             return current, None
         target = requested or current
         if target is None:
-            raise BuildTargetError(f"no CUDA GPU is visible here to build for: choose the compute capability of "
-                                   f"the GPU that will run the engine in Settings → TensorRT "
+            raise BuildTargetError(f"no CUDA GPU is visible here to build for: set Settings → TensorRT → \"Build "
+                                   f"for compute capability\" to that of the GPU that will run the engine "
                                    f"({', '.join(self._supported(trt))})")
         supported = self._supported(trt)
         if target not in supported:
@@ -235,6 +253,8 @@ class Backend:
 
 def gpu_capability() -> str | None:
     """The current CUDA GPU's compute capability ("8.9"), or None without one."""
+    import torch  # here, so that a build's child process starts without it
+
     if not torch.cuda.is_available():
         return None
     major, minor = torch.cuda.get_device_capability()

@@ -1,6 +1,6 @@
 """Mirrors modules/cmd_args.py for the flags of the stand-in's ``cmd_opts``, with the real definitions:
 ``--skip-install`` (line 18), ``--no-half`` (30), ``--medvram`` (39), ``--lowvram`` (41), ``--freeze-settings``
-(82), ``--api``, ``--api-auth``, ``--api-log`` and ``--nowebui`` (101-104),
+(82), ``--api``, ``--api-auth``, ``--api-log`` and ``--nowebui`` (101-104), ``--no-gradio-queue`` (115),
 the last read by the stand-in's ``Api`` and ``webui.py`` as in the WebUI."""
 
 import argparse
@@ -21,3 +21,5 @@ parser.add_argument("--api-auth", type=str, help='Set authentication for API lik
                                                  'comma-delimit multiple like "u1:p1,u2:p2,u3:p3"', default=None)
 parser.add_argument("--api-log", action='store_true', help="use api-log=True to enable logging of all API requests")
 parser.add_argument("--nowebui", action='store_true', help="use api=True to launch the API instead of the webui")
+parser.add_argument("--no-gradio-queue", action='store_true', help="Disables gradio queue; causes the webpage to use "
+                    "http requests instead of websockets; was the default in earlier versions")
