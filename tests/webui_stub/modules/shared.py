@@ -7,7 +7,8 @@ from modules import devices, options, shared_items
 from modules.options import OptionHTML, OptionInfo, options_section  # noqa: F401 - re-exported as in the WebUI
 
 cmd_opts = argparse.Namespace(lowvram=False, medvram=False, api=True, nowebui=False, api_log=False,
-                              skip_install=False, no_half=True, freeze_settings=False)
+                              skip_install=False, no_half=True, freeze_settings=False,
+                              no_hashing=False)
 device = devices.device
 
 
