@@ -55,7 +55,9 @@ def test_listing_routes(client, webui):
     presets = client.get("/tensorrt/v1/presets").json()
     assert presets["family"] == "sd1" and "static-512" in {p["name"] for p in presets["presets"]}
     fit = client.post("/tensorrt/v1/fit", json={"width": 128, "height": 64, "batch_size": 2}).json()
-    assert fit == {"covered": True, "message": f"Covered by {webui.engine.id}.", "engines": [webui.engine.id]}
+    assert fit == {"covered": True, "runs_here": False, "engines": [webui.engine.id],  # no CUDA GPU here
+                   "message": f"Covered by {webui.engine.id}, but it cannot run here: {webui.engine.id}: no CUDA GPU "
+                              "here to run it (it runs on the GPU it was built for)."}
     assert client.post("/tensorrt/v1/fit", json={"width": 256}).json()["covered"] is False
 
 
