@@ -47,6 +47,8 @@ class EngineListing:
     status: dict[str, str]
     """Per entry, "" when it can run here, else why not: its problem, or no CUDA GPU on this machine
     (engines built for another one are kept)."""
+    replaced: frozenset[str] = frozenset()
+    """Entries not used because their checkpoint changed since the build (other weights, another family)."""
 
 
 class Extension:
@@ -88,34 +90,47 @@ class Extension:
             return str(e)
         return ""
 
-    def review(self) -> tuple[list[EngineEntry], dict[str, str]]:
+    def listing(self) -> EngineListing:
         """The one decision whether an engine is offered, used by the dropdown, "Automatic", jobs, the fit
-        check and the engine lists: the store's entries, and why each one not offered is not (by id; stray
-        engine files and malformed entries too): files, backend, GPU, or another version of its checkpoint."""
+        check and the engine lists: the store's entries, and why each one not offered is not (files, backend,
+        GPU, or a checkpoint replaced since: other weights or another family under its name)."""
         runtime = self.runtime()
-        entries, problems = self.store.review(runtime, functools.lru_cache(maxsize=None)(loaded_model.known_sha256))
+        hash_of = functools.lru_cache(maxsize=None)(loaded_model.known_sha256)
+        entries, problems = self.store.review(runtime, hash_of)
         reasons = {p.entry_id: p.reason for p in problems}
+        replaced = {e.id for e in entries if checkpoint_changed(e, hash_of(e.checkpoint))}
+        loaded = self._loaded_family()
+        for e in entries:
+            if loaded is not None and e.checkpoint == loaded[0] and e.family != loaded[1].name:
+                reasons[e.id] = (f"built for {get_family(e.family).label}, but the loaded {e.checkpoint} is "
+                                 f"{loaded[1].label} (another checkpoint under its name): never used for it. Rebuild "
+                                 f"it ({e.build_label()}) with Rebuild in the TensorRT tab")
+                replaced.add(e.id)
         if runtime is None:
             missing = f"the selected backend cannot be loaded here: {self.backend_problem()}"
             reasons = {**{e.id: missing for e in entries}, **reasons}
-        return entries, reasons
+        no_gpu = "" if gpu_capability() else "no CUDA GPU here to run it (it runs on the GPU it was built for)"
+        return EngineListing(entries, reasons, {e.id: reasons.get(e.id, no_gpu) for e in entries},
+                             frozenset(replaced))
+
+    @staticmethod
+    def _loaded_family() -> tuple[str, Family] | None:
+        try:
+            model = loaded_model.current()
+        except TrtError:
+            return None
+        return model.checkpoint, model.family
 
     def engines_for(self, checkpoint: str, family: Family | None = None, lora_label: str = "",
                     listing: EngineListing | None = None) -> list[EngineEntry]:
         """Offered engines of ``checkpoint`` (optionally of one family) with these baked LoRAs (none by default),
         from ``listing`` when the caller has read one."""
-        entries, reasons = (listing.entries, listing.problems) if listing else self.review()
-        return [e for e in entries if e.id not in reasons and e.checkpoint == checkpoint
+        listing = listing or self.listing()
+        return [e for e in listing.entries if e.id not in listing.problems and e.checkpoint == checkpoint
                 and (family is None or e.family == family.name) and e.lora_label == lora_label]
 
     def problems(self) -> list[Problem]:
-        return [Problem(k, v) for k, v in self.review()[1].items()]
-
-    def listing(self) -> EngineListing:
-        """The engines with their problems and whether they run here, as the tab and the API list them."""
-        entries, problems = self.review()
-        no_gpu = "" if gpu_capability() else "no CUDA GPU here to run it (it runs on the GPU it was built for)"
-        return EngineListing(entries, problems, {e.id: problems.get(e.id, no_gpu) for e in entries})
+        return [Problem(k, v) for k, v in self.listing().problems.items()]
 
     # -- sd_unet --------------------------------------------------------------------------------------
 
@@ -125,13 +140,12 @@ class Extension:
         whose engines were all built from another version of it keeps its option, so that a job naming it
         gets the reason, but "Automatic" never picks it."""
         try:
-            entries, reasons = self.review()
+            listing = self.listing()
         except TrtError as e:
             print(f"[TensorRT] engine list unavailable: {e}")
             return
-        offered = {(e.checkpoint, e.lora_label) for e in entries if e.id not in reasons}
-        replaced = {(e.checkpoint, e.lora_label) for e in entries
-                    if reasons.get(e.id, "") == checkpoint_changed(e, loaded_model.known_sha256(e.checkpoint)) != ""}
+        offered = {(e.checkpoint, e.lora_label) for e in listing.entries if e.id not in listing.problems}
+        replaced = {(e.checkpoint, e.lora_label) for e in listing.entries if e.id in listing.replaced}
         unet_list.extend(self.options.options(sorted(offered | replaced), automatic=offered))
 
     def refresh_unets(self) -> None:
@@ -151,15 +165,16 @@ class Extension:
     def _none_offered(self, checkpoint: str, lora_label: str) -> TrtError:
         """Why no engine of this option is offered: the checkpoint-mismatch error when the checkpoint was
         replaced since its engines were built, else the reasons of its own engines."""
-        entries, reasons = self.review()
-        own = [e for e in entries if e.checkpoint == checkpoint and e.lora_label == lora_label]
-        stale = [e for e in own if reasons.get(e.id) == checkpoint_changed(e, loaded_model.known_sha256(checkpoint))]
+        listing = self.listing()
+        own = [e for e in listing.entries if e.checkpoint == checkpoint and e.lora_label == lora_label]
+        stale = [e for e in own if e.id in listing.replaced]
         if stale:
             return CheckpointMismatchError(
-                f"the engines of {checkpoint} are not used: " + "; ".join(f"{e.id} {reasons[e.id]}" for e in stale)
+                f"the engines of {checkpoint} are not used: "
+                + "; ".join(f"{e.id} {listing.problems[e.id]}" for e in stale)
                 + ". Choose 'Automatic' or 'None' for SD Unet until then, or set the TensorRT fallback setting.")
-        why = "; ".join(f"{e.id}: {reasons[e.id]}" for e in own if e.id in reasons) or "build one in the TensorRT tab"
-        return TrtError(f"no usable engine for {checkpoint}: {why}")
+        why = "; ".join(f"{e.id}: {listing.problems[e.id]}" for e in own if e.id in listing.problems)
+        return TrtError(f"no usable engine for {checkpoint}: {why or 'build one in the TensorRT tab'}")
 
     # -- builds ---------------------------------------------------------------------------------------
 

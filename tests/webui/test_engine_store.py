@@ -91,3 +91,20 @@ def test_a_build_is_refused_before_the_export_while_the_manifest_is_unreadable(w
     with pytest.raises(Exception, match=r"manifest.json is not an engine manifest .*\"format\".*Builds are refused"):
         webui.EXT.submit_build([profile])
     assert webui.EXT.jobs.jobs() == [] and sorted(p.name for p in store.folder.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.catalogue("sampling")
+def test_another_familys_checkpoint_under_the_engines_name_gets_the_mismatch_message(webui):
+    """Unhashed (--no-hashing), an SD 1.x file copied over an SDXL checkpoint's name: the family tells."""
+    webui.shared.cmd_opts.no_hashing = True
+    webui.with_engine("a.safetensors", "sdxl", SMALL)
+    webui.add_checkpoint("b.safetensors", "sd1")
+    webui.add_checkpoint("a.safetensors", "sd1")
+    webui.load("b.safetensors")
+    webui.load("a.safetensors")
+    assert webui.sd_unet.current_unet_option is None  # "Automatic" leaves it
+    webui.shared.opts.set("sd_unet", "[TRT] a")
+    with pytest.raises(Exception, match="the engines of a are not used: .* built for SDXL.*but the loaded a is SD 1") \
+            as caught:
+        webui.txt2img(prompt="a cat", steps=2)
+    assert caught.value.status_code == 409
