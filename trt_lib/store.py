@@ -22,7 +22,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .errors import StoreError, UnsafeNameError
+from .errors import StoreError, UnrecordedEngineError, UnsafeNameError
 from .names import check_id, file_stem, inside
 from .profiles import Profile
 
@@ -306,16 +306,18 @@ class EngineStore:
         """
         path = self._stray(name)
         sidecar = self._sidecar(name)
+        again = "delete it and build the engine again"
         if not sidecar.is_file():
-            raise StoreError(f"{name} has no record {sidecar.name} beside it, so its checkpoint, family and profiles "
-                             "are unknown (an engine file does not say them): delete it and build the engine again")
+            raise UnrecordedEngineError(f"{name} has no record {sidecar.name} beside it, so its checkpoint, family "
+                                        f"and profiles are unknown (an engine file does not say them): {again}")
         try:
             entry = EngineEntry.from_dict(json.loads(sidecar.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-            raise StoreError(f"{sidecar} cannot be read ({e}): delete {name} and build the engine again") from e
+            raise UnrecordedEngineError(f"{sidecar} cannot be read ({e}): {again}") from e
         if entry.engine_file != name or path.stat().st_size != entry.engine_bytes:
-            raise StoreError(f"{sidecar.name} describes another file ({entry.engine_file}, {entry.engine_bytes} bytes),"
-                             f" not {name} ({path.stat().st_size} bytes): delete it and build the engine again")
+            raise UnrecordedEngineError(f"{sidecar.name} describes another file ({entry.engine_file}, "
+                                        f"{entry.engine_bytes} bytes), not {name} ({path.stat().st_size} bytes): "
+                                        f"{again}")
         return self.add(entry)
 
     def remove_file(self, name: str) -> str:

@@ -1,4 +1,5 @@
-"""HTTP API: list, build, watch and delete engines; list the sd_unet choices; ask whether settings fit.
+"""HTTP API: list, build, rebuild, watch and delete engines; adopt or delete engine files the manifest lost;
+list the sd_unet choices; ask whether settings fit.
 
 Routes live under ``/tensorrt/v1``. Bodies are validated (unknown fields refused) and every library error
 becomes a 4xx/5xx answer with the user-facing message as ``detail``.
@@ -141,6 +142,36 @@ def delete_engine(engine_id: str) -> dict[str, str]:
         raise _fail(e) from e
 
 
+def rebuild_engine(engine_id: str) -> dict[str, str]:
+    try:
+        if engine_id not in {e.id for e in EXT.store.entries()}:
+            raise ApiError(404, f"no engine {engine_id!r}")
+        return {"job_id": EXT.rebuild(engine_id).id}
+    except TrtError as e:
+        raise _fail(e) from e
+
+
+def _stray_file(name: str) -> str:
+    """``name`` when it is an engine file the manifest does not know; 404 otherwise."""
+    if name not in EXT.store.strays():
+        raise ApiError(404, f"no engine file {name!r} outside the manifest (engines in it are deleted by id)")
+    return name
+
+
+def adopt_file(name: str) -> dict[str, str]:
+    try:
+        return {"adopted": EXT.adopt_file(_stray_file(name)).id}
+    except TrtError as e:
+        raise _fail(e) from e
+
+
+def delete_file(name: str) -> dict[str, str]:
+    try:
+        return {"deleted": EXT.delete_file(_stray_file(name))}
+    except TrtError as e:
+        raise _fail(e) from e
+
+
 def fit(body: FitBody) -> dict[str, Any]:
     try:
         return check_fit(FitQuestion(**body.dict())).to_dict()
@@ -152,6 +183,9 @@ def on_app_started(_demo: Any, app: FastAPI) -> None:
     """Register the routes (on_app_started callback)."""
     app.add_api_route(f"{PREFIX}/engines", engines, methods=["GET"])
     app.add_api_route(f"{PREFIX}/engines/{{engine_id}}", delete_engine, methods=["DELETE"])
+    app.add_api_route(f"{PREFIX}/engines/{{engine_id}}/rebuild", rebuild_engine, methods=["POST"])
+    app.add_api_route(f"{PREFIX}/engines/files/{{name}}/adopt", adopt_file, methods=["POST"])
+    app.add_api_route(f"{PREFIX}/engines/files/{{name}}", delete_file, methods=["DELETE"])
     app.add_api_route(f"{PREFIX}/unets", unets, methods=["GET"])
     app.add_api_route(f"{PREFIX}/presets", presets, methods=["GET"])
     app.add_api_route(f"{PREFIX}/builds", start_build, methods=["POST"])
