@@ -108,3 +108,18 @@ def test_another_familys_checkpoint_under_the_engines_name_gets_the_mismatch_mes
             as caught:
         webui.txt2img(prompt="a cat", steps=2)
     assert caught.value.status_code == 409
+
+
+@pytest.mark.catalogue("install")
+def test_engines_the_dropdown_does_not_offer_are_listed_with_why(webui):
+    """TensorRT selected but not installed here: its engines are neither offered nor listed as usable."""
+    webui.add_checkpoint("a.safetensors", "sd1")
+    webui.load("a.safetensors")
+    entry = webui.add_engine("a.safetensors", "sd1", SMALL)  # the real runtime check, not the stand-in
+    webui.sd_unet.list_unets()
+    assert webui.shared_items.sd_unet_items() == ["Automatic", "None"]
+    reason = webui.EXT.listing().problems[entry.id]
+    assert reason.startswith("the selected backend cannot be loaded here: ") and reason.endswith(
+        webui.EXT.backend_problem())
+    fit = webui.module("trt_webui.fit_check")
+    assert f"- not used: {entry.id}: the selected backend cannot" in fit.check_fit(fit.FitQuestion(64, 64)).message
