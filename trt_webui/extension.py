@@ -115,6 +115,8 @@ class Extension:
 
     @staticmethod
     def _loaded_family() -> tuple[str, Family] | None:
+        if loaded_model.peek() is None:
+            return None
         try:
             model = loaded_model.current()
         except TrtError:

@@ -32,7 +32,7 @@ class NoModelError(TrtError):
 
 def current() -> LoadedModel:
     """The loaded checkpoint and its family; :class:`NoModelError` or :class:`FamilyError` explain otherwise."""
-    model = shared.sd_model
+    model = peek()
     info = getattr(model, "sd_checkpoint_info", None)
     if model is None or info is None:
         raise NoModelError("no checkpoint is loaded; pick one in the checkpoint dropdown first")
@@ -58,16 +58,23 @@ def known_sha256(checkpoint: str) -> str | None:
     """The sha256 of ``checkpoint``'s weights as the WebUI knows them now, to tell engines built from another
     version of it: the loaded checkpoint's (the weights in memory), else the WebUI's cached hash of the file
     (a lookup, never a read of the file; None when the file was not hashed since it last changed)."""
-    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    info = getattr(peek(), "sd_checkpoint_info", None)
     if info is not None and info.model_name == checkpoint:
         return sha256(info)
     found = next((i for i in sd_models.checkpoints_list.values() if i.model_name == checkpoint), None)
     return hashes.sha256_from_cache(found.filename, f"checkpoint/{found.name}") if found is not None else None
 
 
+def peek() -> Any:
+    """The loaded model or None, never loading one: the first read of ``shared.sd_model`` loads the selected
+    checkpoint (``model_data.get_sd_model``), which the sd_unet list (made at start-up before the WebUI loads
+    one) and the tab must not do."""
+    return sd_models.model_data.sd_model
+
+
 def checkpoint_name() -> str | None:
     """The loaded checkpoint's ``model_name``, cheaply, for per-call checks."""
-    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    info = getattr(peek(), "sd_checkpoint_info", None)
     return info.model_name if info is not None else None
 
 

@@ -123,3 +123,14 @@ def test_engines_the_dropdown_does_not_offer_are_listed_with_why(webui):
         webui.EXT.backend_problem())
     fit = webui.module("trt_webui.fit_check")
     assert f"- not used: {entry.id}: the selected backend cannot" in fit.check_fit(fit.FitQuestion(64, 64)).message
+
+
+def test_listing_engines_at_start_up_does_not_load_a_checkpoint(webui):
+    """The WebUI lists the sd_unet options before it loads the checkpoint (initialize.py: list_unets, then the
+    loading thread); reading ``shared.sd_model`` there would load it in the middle of start-up."""
+    webui.add_checkpoint("a.safetensors", "sd1")
+    webui.use_stand_in()
+    webui.add_engine("a.safetensors", "sd1", SMALL)
+    webui.sd_unet.list_unets()
+    assert webui.sd_models.model_data.sd_model is None
+    assert webui.shared_items.sd_unet_items() == ["Automatic", "[TRT] a", "None"]

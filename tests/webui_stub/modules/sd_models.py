@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from modules import devices, hashes, paths, script_callbacks, sd_hijack, sd_unet, shared
+from modules import devices, errors, hashes, paths, script_callbacks, sd_hijack, sd_unet, shared
 
 TOKENS_PER_CHUNK = 75
 CONTEXT_PER_CHUNK = 77
@@ -243,6 +243,22 @@ class SdModelData:
         self.loaded_sd_models: list[SdModel] = []
         self.was_loaded_at_least_once = False
         self.lock = threading.Lock()
+
+    def get_sd_model(self) -> SdModel | None:
+        """What ``shared.sd_model`` reads (sd_models.py lines 683-701): the first access loads the selected
+        checkpoint, so reading it before the WebUI has loaded one loads it there and then."""
+        if self.was_loaded_at_least_once:
+            return self.sd_model
+        if self.sd_model is None:
+            with self.lock:
+                if self.sd_model is not None or self.was_loaded_at_least_once:
+                    return self.sd_model
+                try:
+                    load_model()
+                except Exception as e:
+                    errors.display(e, "loading stable diffusion model", full_traceback=True)
+                    self.sd_model = None
+        return self.sd_model
 
     def set_sd_model(self, v: SdModel | None) -> None:
         self.sd_model = v
