@@ -11,6 +11,7 @@ from trt_webui.extension import EXT
 
 script_callbacks.on_ui_settings(settings.register)
 script_callbacks.on_list_unets(EXT.list_unets)
+script_callbacks.on_model_loaded(lambda _model: EXT.refresh_unets())  # before the WebUI re-applies sd_unet
 script_callbacks.on_ui_tabs(tab.on_ui_tabs)
 script_callbacks.on_app_started(api.on_app_started)
 

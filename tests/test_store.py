@@ -181,3 +181,90 @@ def test_file_stems_are_safe_and_distinct(name, tmp_path):
 def test_paths_outside_the_folder_are_refused(tmp_path, bad):
     with pytest.raises(UnsafeNameError):
         inside(tmp_path, bad)
+
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+@pytest.mark.catalogue("files")
+def test_an_engine_built_from_a_replaced_checkpoint_is_never_used(tmp_path):
+    store = EngineStore(tmp_path)
+    entry = make_entry(store)
+    entry.checkpoint_hash = SHA_A
+    store.add(entry)
+    legacy = make_entry(store)
+    legacy.checkpoint_hash = "1234abcd"  # the WebUI's old 8-digit hash: nothing to compare with
+    store.add(legacy)
+    now = {entry.checkpoint: SHA_B}
+    assert [e.id for e in store.usable(hash_of=now.get)] == [legacy.id]
+    (problem,) = store.problems(hash_of=now.get)
+    assert problem.entry_id == entry.id and "another version of sub/model v1.safetensors" in problem.reason
+    assert "aaaaaaaaaa" in problem.reason and "bbbbbbbbbb" in problem.reason and "Rebuild" in problem.reason
+    assert {e.id for e in store.usable(hash_of={entry.checkpoint: SHA_A}.get)} == {entry.id, legacy.id}
+    assert {e.id for e in store.usable(hash_of={}.get)} == {entry.id, legacy.id}  # not hashed yet: by name
+
+
+@pytest.mark.catalogue("files")
+def test_engines_left_without_their_entry_are_adopted_from_their_record_or_deleted(tmp_path):
+    store = EngineStore(tmp_path)
+    kept = store.add(make_entry(store))
+    (tmp_path / "manifest.json").rename(tmp_path / "manifest.broken")  # the manifest moved away
+    (tmp_path / "by-hand.engine").write_bytes(b"engine")
+    reasons = {p.entry_id: p.reason for p in store.problems()}
+    assert "adopt it" in reasons[kept.engine_file] and "delete it" in reasons["by-hand.engine"]
+    assert store.adopt(kept.engine_file) == kept
+    assert [e.id for e in store.usable()] == [kept.id] and store.strays() == ["by-hand.engine"]
+    with pytest.raises(StoreError, match="no record by-hand.engine.json"):
+        store.adopt("by-hand.engine")
+    for name in (kept.engine_file, "../x.engine", "manifest.json"):  # only stray engine files, nothing else
+        with pytest.raises((StoreError, UnsafeNameError)):
+            store.remove_file(name)
+    assert store.remove_file("by-hand.engine") == "by-hand.engine"
+    assert not (tmp_path / "by-hand.engine").exists() and store.problems() == []
+
+
+@pytest.mark.catalogue("files")
+def test_an_entry_pointing_outside_the_folder_is_reported_and_deleted_alone(tmp_path):
+    outside = tmp_path / "precious.engine"
+    outside.write_bytes(b"not ours")
+    store = EngineStore(tmp_path / "engines")
+    entry = make_entry(store)
+    entry.engine_file = "../precious.engine"
+    data = {"format": "sd-webui-tensorrt/engines", "version": 1, "engines": [entry.to_dict()]}
+    (store.folder / "manifest.json").write_text(json.dumps(data))
+    (problem,) = [p for p in store.problems() if p.entry_id == entry.id]
+    assert "outside the engine folder" in problem.reason and "delete it" in problem.reason
+    store.remove(entry.id)
+    assert store.entries() == [] and outside.read_bytes() == b"not ours"
+
+
+@pytest.mark.catalogue("files")
+def test_a_failed_record_leaves_no_engine_file_behind(tmp_path, monkeypatch):
+    from trt_lib import pipeline
+    from trt_lib.families import get_family
+    from trt_lib.pipeline import BuildRequest, build_stage, export_stage
+    from trt_lib.tiny_unets import make_unet
+
+    store = EngineStore(tmp_path)
+    family = get_family("sd1")
+    request = BuildRequest("model.safetensors", SHA_A, family, [Profile.static(1, 512, 512)])
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreError, match=r"manifest.json cannot be read .*Builds are refused"):
+        export_stage(make_unet(family), request, store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]  # nothing exported
+
+    class Built:  # the backend's build wrote its engine; the manifest broke meanwhile
+        backend, backend_version, compute_capabilities, engine_bytes = "tensorrt_rtx", "1.7.1", ("8.9",), 6
+        refittable = weight_stripped = False
+        seconds = 1.0
+
+    def build(onnx, engine_path, *args, **kwargs):
+        engine_path.write_bytes(b"engine")
+        (tmp_path / "manifest.json").write_text("{not json")
+        return Built()
+
+    (tmp_path / "manifest.json").unlink()
+    monkeypatch.setattr(pipeline, "get_backend", lambda name: type("B", (), {"build": staticmethod(build)}))
+    with pytest.raises(StoreError, match="cannot be read"):
+        build_stage(tmp_path / "unet.onnx", request, store)
+    assert not list(tmp_path.glob("*.engine*"))

@@ -39,6 +39,12 @@ class StoreError(TrtError):
     status_code = 500
 
 
+class UnrecordedEngineError(StoreError):
+    """An engine file the manifest lacks whose record is missing or does not fit it: it can only be deleted."""
+
+    status_code = 409
+
+
 class UnsafeNameError(TrtError, ValueError):
     """A checkpoint or engine name that cannot be used safely as a file name."""
 

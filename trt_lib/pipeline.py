@@ -69,6 +69,7 @@ def export_stage(unet: torch.nn.Module, request: BuildRequest, store: EngineStor
     The only stage that needs the loaded UNet (and its GPU): callers hold the WebUI's queue lock for it alone.
     """
     request.validate()
+    store.check_readable()  # an engine the manifest cannot record would be left behind, unlisted
 
     def report_progress(stage: str, fraction: float) -> None:  # "export: …", beside the backend's build stages
         if progress is not None:
@@ -91,6 +92,7 @@ def build_stage(onnx_path: Path, request: BuildRequest, store: EngineStore, *,
                 progress: Progress | None = None, cancel: threading.Event | None = None) -> EngineEntry:
     """Build the engine from the export and record it. Nothing is recorded unless the build finished."""
     BuildCancelled.check(cancel)
+    store.check_readable()
     report_progress = progress or (lambda stage, fraction: None)
     engine_id = store.new_id(request.checkpoint)
     engine_path = store.folder / f"{engine_id}.engine"
@@ -107,7 +109,11 @@ def build_stage(onnx_path: Path, request: BuildRequest, store: EngineStore, *,
         engine_bytes=build.engine_bytes, onnx_file=str(onnx_path.relative_to(store.folder).as_posix()),
         loras=list(request.loras), refittable=build.refittable, weight_stripped=build.weight_stripped,
         dtype=str(request.dtype).removeprefix("torch."), build_seconds=round(build.seconds, 2))
-    store.add(entry)
+    try:
+        store.add(entry)
+    except BaseException:
+        engine_path.unlink(missing_ok=True)  # never leave an engine no entry names
+        raise
     report_progress("done", 1.0)
     return entry
 

@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .errors import StoreError, UnsafeNameError
+from .errors import StoreError, UnrecordedEngineError, UnsafeNameError
 from .names import check_id, file_stem, inside
 from .profiles import Profile
 
@@ -31,6 +31,16 @@ FORMAT = "sd-webui-tensorrt/engines"
 VERSION = 1
 TEMP_MARK = ".partial"
 """Files being written carry this in their name until they are complete."""
+SIDECAR = ".json"
+"""Beside each engine file, its manifest entry (``<engine file>.json``): what adopting a file needs."""
+
+HashLookup = Callable[[str], "str | None"]
+"""The sha256 of a checkpoint's weights as the WebUI knows them now, by checkpoint name; None when unknown."""
+
+
+_MANIFEST_FIX = ("Your engine files are untouched; repair the file, or move it away to start a new one and adopt "
+                 "the engines again in the TensorRT tab (each has its record beside it). Builds are refused until "
+                 "then, since their engines could not be recorded.")
 
 
 @dataclass
@@ -78,6 +88,13 @@ class EngineEntry:
     def lora_label(self) -> str:
         return ", ".join(f"{lo['name']}:{lo['weight']:g}" for lo in self.loras)
 
+    def build_label(self) -> str:
+        """What a rebuild builds again: the profiles and baked LoRAs."""
+        parts = ["; ".join(p.label() for p in self.parsed_profiles)]
+        if self.loras:
+            parts.append(f"LoRA {self.lora_label}")
+        return ", ".join(parts) + (", refittable" if self.refittable else "")
+
     def label(self) -> str:
         """Human-readable one-liner for lists: profiles, LoRAs, backend."""
         parts = ["; ".join(p.label() for p in self.parsed_profiles)]
@@ -119,10 +136,10 @@ class EngineStore:
         try:
             data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise StoreError(f"{self.manifest_path} cannot be read ({e}). Your engine files are untouched; "
-                             "move the manifest away to start a new one.") from e
+            raise StoreError(f"{self.manifest_path} cannot be read ({e}). {_MANIFEST_FIX}") from e
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("engines"), list):
-            raise StoreError(f"{self.manifest_path} is not an engine manifest of this extension")
+            raise StoreError(f"{self.manifest_path} is not an engine manifest of this extension (it needs "
+                             f"\"format\": \"{FORMAT}\" and an \"engines\" list). {_MANIFEST_FIX}")
         if not isinstance(data.get("version"), int) or data["version"] > VERSION:
             raise StoreError(f"{self.manifest_path} was written by a newer version of this extension "
                              f"(format {data.get('version')!r}, this one reads {VERSION}); update the extension")
@@ -154,36 +171,62 @@ class EngineStore:
     def onnx_path(self, entry: EngineEntry) -> Path | None:
         return inside(self.folder, entry.onnx_file) if entry.onnx_file else None
 
-    def problems(self, runtime: Runtime | None = None) -> list[Problem]:
-        """Every entry that cannot be used here, with the reason: malformed, files missing, or built for
-        another backend, backend version or GPU; and engine files no entry names (copied in by hand), which
-        would otherwise be invisible."""
-        found = []
-        named = set()
+    def check_readable(self) -> None:
+        """Raise the manifest's problem, with the fix, before any work whose result could not be recorded."""
+        self._read()
+
+    def review(self, runtime: Runtime | None = None, hash_of: HashLookup | None = None,
+               ) -> tuple[list[EngineEntry], list[Problem]]:
+        """The well-formed entries, and every entry that cannot be used here with the reason (malformed, files
+        missing, another backend, backend version, GPU or checkpoint version) plus engine files no entry
+        names, which would otherwise be invisible. The manifest is read once."""
+        entries, found = [], []
         for item in self._parse(self._read()):
             if isinstance(item, Problem):
                 found.append(item)
                 continue
-            named.add(item.engine_file)
-            reason = self.unusable_reason(item, runtime)
+            entries.append(item)
+            reason = self.unusable_reason(item, runtime, hash_of)
             if reason:
                 found.append(Problem(item.id, reason))
-        strays = sorted(p.name for p in self.folder.glob("*.engine") if p.name not in named) \
-            if self.folder.is_dir() else []
-        found += [Problem(name, "engine file not in the manifest (copied in by hand?): its checkpoint and profiles "
-                                "are unknown, so it is not offered; build the engine here instead") for name in strays]
-        return found
+        found += [Problem(name, self._stray_reason(name)) for name in self._strays(entries)]
+        return entries, found
 
-    def unusable_reason(self, entry: EngineEntry, runtime: Runtime | None = None) -> str:
-        """Why ``entry`` cannot run here, or "" when it can."""
+    def problems(self, runtime: Runtime | None = None, hash_of: HashLookup | None = None) -> list[Problem]:
+        return self.review(runtime, hash_of)[1]
+
+    def strays(self) -> list[str]:
+        """Engine files in the folder that no manifest entry names (copied in, or left by an old failure)."""
+        return self._strays(self.entries())
+
+    def _strays(self, entries: list[EngineEntry]) -> list[str]:
+        named = {e.engine_file for e in entries}
+        return sorted(p.name for p in self.folder.glob("*.engine") if p.name not in named) \
+            if self.folder.is_dir() else []
+
+    def _stray_reason(self, name: str) -> str:
+        if (self.folder / (name + SIDECAR)).is_file():
+            return (f"engine file not in the manifest, with its record {name}{SIDECAR} beside it: adopt it to use "
+                    "it again, or delete it")
+        return (f"engine file not in the manifest (copied in by hand?) and without its record {name}{SIDECAR}: "
+                "its checkpoint and profiles are unknown, so it cannot be used; delete it and build the engine here")
+
+    def unusable_reason(self, entry: EngineEntry, runtime: Runtime | None = None,
+                        hash_of: HashLookup | None = None) -> str:
+        """Why ``entry`` cannot be used here, or "" when it can."""
         try:
             path = self.engine_path(entry)
+            self.onnx_path(entry)
         except UnsafeNameError as e:
-            return str(e)
+            return f"{e}: never used; delete it to remove the entry (nothing outside the folder is touched)"
         if not path.is_file():
             return f"engine file {entry.engine_file} is missing"
         if path.stat().st_size != entry.engine_bytes:
             return f"engine file {entry.engine_file} is {path.stat().st_size} bytes, {entry.engine_bytes} expected"
+        if hash_of is not None:
+            reason = checkpoint_changed(entry, hash_of(entry.checkpoint))
+            if reason:
+                return reason
         if runtime is None:
             return ""
         if entry.backend != runtime.backend:
@@ -196,8 +239,10 @@ class EngineStore:
                     f"{runtime.compute_capability}: rebuild it")
         return ""
 
-    def usable(self, runtime: Runtime | None = None) -> list[EngineEntry]:
-        return [e for e in self.entries() if not self.unusable_reason(e, runtime)]
+    def usable(self, runtime: Runtime | None = None, hash_of: HashLookup | None = None) -> list[EngineEntry]:
+        entries, problems = self.review(runtime, hash_of)
+        bad = {p.entry_id for p in problems}
+        return [e for e in entries if e.id not in bad]
 
     # -- writing -----------------------------------------------------------------------------------------
 
@@ -226,11 +271,61 @@ class EngineStore:
             raise StoreError(f"engine file {entry.engine_file} does not exist")
         entry.engine_bytes = path.stat().st_size
         entry.created = entry.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        with self._locked() as data:
-            if any(isinstance(e, dict) and e.get("id") == entry.id for e in data["engines"]):
-                raise StoreError(f"an engine with id {entry.id!r} already exists")
-            data["engines"].append(entry.to_dict())
+        sidecar = self._sidecar(entry.engine_file)
+        written = False
+        try:
+            with self._locked() as data:
+                if any(isinstance(e, dict) and e.get("id") == entry.id for e in data["engines"]):
+                    raise StoreError(f"an engine with id {entry.id!r} already exists")
+                if not sidecar.is_file():  # adopting keeps the record it was adopted from
+                    atomic_write_text(sidecar, json.dumps(entry.to_dict(), indent=1) + "\n")
+                    written = True
+                data["engines"].append(entry.to_dict())
+        except BaseException:
+            if written:
+                _unlink(sidecar)
+            raise
         return entry
+
+    def _sidecar(self, engine_file: str) -> Path:
+        return inside(self.folder, engine_file + SIDECAR)
+
+    def _stray(self, name: str) -> Path:
+        """The path of a stray engine file, refusing names that are not one (entries, other files, paths)."""
+        if not isinstance(name, str) or "/" in name or "\\" in name or not name.endswith(".engine"):
+            raise UnsafeNameError(f"{name!r} is not an engine file name in the engine folder")
+        if name not in self.strays():
+            raise StoreError(f"{name} is not an engine file the manifest lacks: delete engines by their id")
+        return inside(self.folder, name)
+
+    def adopt(self, name: str) -> EngineEntry:
+        """Record a stray engine file again from its record beside it (``<name>.json``, written by every build).
+
+        Engine files cannot tell their checkpoint, family or profiles themselves, so a file without its record
+        cannot be adopted: it can only be deleted.
+        """
+        path = self._stray(name)
+        sidecar = self._sidecar(name)
+        again = "delete it and build the engine again"
+        if not sidecar.is_file():
+            raise UnrecordedEngineError(f"{name} has no record {sidecar.name} beside it, so its checkpoint, family "
+                                        f"and profiles are unknown (an engine file does not say them): {again}")
+        try:
+            entry = EngineEntry.from_dict(json.loads(sidecar.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+            raise UnrecordedEngineError(f"{sidecar} cannot be read ({e}): {again}") from e
+        if entry.engine_file != name or path.stat().st_size != entry.engine_bytes:
+            raise UnrecordedEngineError(f"{sidecar.name} describes another file ({entry.engine_file}, "
+                                        f"{entry.engine_bytes} bytes), not {name} ({path.stat().st_size} bytes): "
+                                        f"{again}")
+        return self.add(entry)
+
+    def remove_file(self, name: str) -> str:
+        """Delete a stray engine file and its record; entries are deleted by id (:meth:`remove`)."""
+        path = self._stray(name)
+        _unlink(path)
+        _unlink(self._sidecar(name))
+        return name
 
     def remove(self, engine_id: str) -> EngineEntry:
         """Delete an engine: its manifest entry first, then its file; its ONNX only when no other entry uses it."""
@@ -242,13 +337,16 @@ class EngineStore:
                 raise StoreError(f"no engine {engine_id!r} in {self.folder}")
             data["engines"] = [e for e in data["engines"] if not (isinstance(e, dict) and e.get("id") == engine_id)]
             onnx_shared = any(e.onnx_file == entry.onnx_file for e in parsed if e.id != engine_id)
-        _unlink(self.engine_path(entry))
-        if entry.onnx_file and not onnx_shared:
-            onnx = self.onnx_path(entry)
-            if onnx is not None:
-                for f in onnx.parent.glob(onnx.stem + "*"):
-                    _unlink(f)
-                remove_if_empty(onnx.parent)
+        try:
+            _unlink(self.engine_path(entry))
+            _unlink(self._sidecar(entry.engine_file))
+            onnx = self.onnx_path(entry) if entry.onnx_file and not onnx_shared else None
+        except UnsafeNameError:
+            return entry  # an entry naming files outside the folder: only the entry goes
+        if onnx is not None:
+            for f in onnx.parent.glob(onnx.stem + "*"):
+                _unlink(f)
+            remove_if_empty(onnx.parent)
         return entry
 
     def cleanup(self) -> list[str]:
@@ -270,6 +368,21 @@ class EngineStore:
             remove_if_empty(path.parent)
             discarded.append(str(path.relative_to(self.folder)))
         return discarded
+
+
+def checkpoint_changed(entry: EngineEntry, current: str | None) -> str:
+    """Why ``entry`` was built from other weights than its checkpoint has now, or "" when it was not.
+
+    Compares the recorded sha256 with ``current`` (a short recorded hash as a prefix). When either is unknown
+    (no hash recorded, the WebUI's 8-digit legacy hash, or the WebUI has not hashed the file) nothing can be
+    compared and the engine is matched by the checkpoint's name alone.
+    """
+    recorded = (entry.checkpoint_hash or "").lower()
+    if len(recorded) < 10 or not current or current.lower().startswith(recorded):
+        return ""
+    return (f"built from another version of {entry.checkpoint} (sha256 {recorded[:10]}, the checkpoint now has "
+            f"{current[:10]}; the file was replaced): never used for it. Rebuild it ({entry.build_label()}) with "
+            "Rebuild in the TensorRT tab")
 
 
 def partial_path(final: Path) -> Path:

@@ -1,4 +1,5 @@
-"""HTTP API: list, build, watch and delete engines; list the sd_unet choices; ask whether settings fit.
+"""HTTP API: list, build, rebuild, watch and delete engines; adopt or delete engine files the manifest lost;
+list the sd_unet choices; ask whether settings fit.
 
 Routes live under ``/tensorrt/v1`` and are served only where the WebUI serves its API (``--api`` or
 ``--nowebui``), registered through its own ``Api`` (:mod:`.webui_api`): behind its ``--api-auth`` check, with
@@ -160,6 +161,39 @@ def delete_engine(engine_id: str) -> dict[str, str]:
         if engine_id not in {e.id for e in EXT.store.entries()}:
             raise ApiError(404, f"no engine {engine_id!r}")
         return {"deleted": EXT.delete(engine_id).id}
+    except TrtError as e:
+        raise _fail(e) from e
+
+
+@route("POST", "/engines/{engine_id}/rebuild")
+def rebuild_engine(engine_id: str) -> dict[str, str]:
+    try:
+        if engine_id not in {e.id for e in EXT.store.entries()}:
+            raise ApiError(404, f"no engine {engine_id!r}")
+        return {"job_id": EXT.rebuild(engine_id).id}
+    except TrtError as e:
+        raise _fail(e) from e
+
+
+def _stray_file(name: str) -> str:
+    """``name`` when it is an engine file the manifest does not know; 404 otherwise."""
+    if name not in EXT.store.strays():
+        raise ApiError(404, f"no engine file {name!r} outside the manifest (engines in it are deleted by id)")
+    return name
+
+
+@route("POST", "/engines/files/{name}/adopt")
+def adopt_file(name: str) -> dict[str, str]:
+    try:
+        return {"adopted": EXT.adopt_file(_stray_file(name)).id}
+    except TrtError as e:
+        raise _fail(e) from e
+
+
+@route("DELETE", "/engines/files/{name}")
+def delete_file(name: str) -> dict[str, str]:
+    try:
+        return {"deleted": EXT.delete_file(_stray_file(name))}
     except TrtError as e:
         raise _fail(e) from e
 

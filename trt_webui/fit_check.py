@@ -32,9 +32,13 @@ class FitAnswer:
     covered: bool
     message: str
     engines: tuple[str, ...] = ()
+    runs_here: bool = True
+    """False when the covering engines cannot run on this machine (no CUDA GPU, another GPU): the message
+    says why."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"covered": self.covered, "message": self.message, "engines": list(self.engines)}
+        return {"covered": self.covered, "runs_here": self.runs_here, "message": self.message,
+                "engines": list(self.engines)}
 
 
 def _chunks(tokens: int) -> int:
@@ -53,9 +57,17 @@ def check_fit(q: FitQuestion) -> FitAnswer:
     spec = JobSpec(q.batch_size, tuple(passes), batch_cond_uncond=bool(opts.batch_cond_uncond),
                    pad_cond_uncond=bool(opts.pad_cond_uncond), pad_cond_uncond_v0=bool(opts.pad_cond_uncond_v0),
                    skips_uncond=bool(getattr(opts, "skip_early_cond", 0)))
+    listing = EXT.listing()
     try:
-        chosen = plan(EXT.engines_for(model.checkpoint, model.family), unet_calls(spec), model.family, model.title)
+        chosen = plan(EXT.engines_for(model.checkpoint, model.family, listing=listing), unet_calls(spec),
+                      model.family, model.title)
     except NoProfileError as e:
-        return FitAnswer(False, str(e))
+        unused = [f"- not used: {e.id}: {listing.problems[e.id]}" for e in listing.entries
+                  if e.checkpoint == model.checkpoint and e.id in listing.problems]
+        return FitAnswer(False, "\n".join([str(e), *unused]), runs_here=False)
     ids = tuple(sorted({c.entry.id for c in chosen.values()}))
+    cannot = [f"{i}: {listing.status[i]}" for i in ids if listing.status[i]]
+    if cannot:
+        return FitAnswer(True, f"Covered by {', '.join(ids)}, but it cannot run here: {'; '.join(cannot)}.", ids,
+                         runs_here=False)
     return FitAnswer(True, f"Covered by {', '.join(ids)}.", ids)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from modules import devices, sd_hijack, sd_unet, shared
+from modules import devices, hashes, sd_hijack, sd_models, sd_unet, shared
 
 from trt_lib.errors import FamilyError, TrtError
 from trt_lib.families import Family, detect_family, unet_traits
@@ -31,7 +32,7 @@ class NoModelError(TrtError):
 
 def current() -> LoadedModel:
     """The loaded checkpoint and its family; :class:`NoModelError` or :class:`FamilyError` explain otherwise."""
-    model = shared.sd_model
+    model = peek()
     info = getattr(model, "sd_checkpoint_info", None)
     if model is None or info is None:
         raise NoModelError("no checkpoint is loaded; pick one in the checkpoint dropdown first")
@@ -41,12 +42,39 @@ def current() -> LoadedModel:
         family = detect_family(unet_traits(unet, prediction))
     except FamilyError as e:
         raise FamilyError(f"{info.title}: {e}") from e
-    return LoadedModel(info.model_name, info.title, info.sha256 or info.shorthash or info.hash or "", family)
+    return LoadedModel(info.model_name, info.title, sha256(info) or "", family)
+
+
+def sha256(info: Any) -> str | None:
+    """The full sha256 of a loaded checkpoint's file, which the WebUI computes when it loads one
+    (``CheckpointInfo.calculate_shorthash``); computed the same way, through the WebUI's hash cache, should it
+    be missing. None only under ``--no-hashing``: engines are then matched by the checkpoint's name alone."""
+    if info.sha256 is None:
+        info.calculate_shorthash()
+    return info.sha256
+
+
+def known_sha256(checkpoint: str) -> str | None:
+    """The sha256 of ``checkpoint``'s weights as the WebUI knows them now, to tell engines built from another
+    version of it: the loaded checkpoint's (the weights in memory), else the WebUI's cached hash of the file
+    (a lookup, never a read of the file; None when the file was not hashed since it last changed)."""
+    info = getattr(peek(), "sd_checkpoint_info", None)
+    if info is not None and info.model_name == checkpoint:
+        return sha256(info)
+    found = next((i for i in sd_models.checkpoints_list.values() if i.model_name == checkpoint), None)
+    return hashes.sha256_from_cache(found.filename, f"checkpoint/{found.name}") if found is not None else None
+
+
+def peek() -> Any:
+    """The loaded model or None, never loading one: the first read of ``shared.sd_model`` loads the selected
+    checkpoint (``model_data.get_sd_model``), which the sd_unet list (made at start-up before the WebUI loads
+    one) and the tab must not do."""
+    return sd_models.model_data.sd_model
 
 
 def checkpoint_name() -> str | None:
     """The loaded checkpoint's ``model_name``, cheaply, for per-call checks."""
-    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    info = getattr(peek(), "sd_checkpoint_info", None)
     return info.model_name if info is not None else None
 
 

@@ -168,8 +168,13 @@ class OptionCache:
         self._open_session = open_session
         self._options: dict[tuple[str, str], TrtUnetOption] = {}
 
-    def options(self, groups: list[tuple[str, str]]) -> list[TrtUnetOption]:
+    def options(self, groups: list[tuple[str, str]], automatic: set[tuple[str, str]] | None = None,
+                ) -> list[TrtUnetOption]:
+        """The options of ``groups``; only those in ``automatic`` (all by default) can be picked by "Automatic"."""
         for key in groups:
             if key not in self._options:
                 self._options[key] = TrtUnetOption(*key, self._open_session)
+            option = self._options[key]
+            option.model_name = None if option.lora_label or (automatic is not None and key not in automatic) \
+                else option.checkpoint
         return [self._options[key] for key in groups]

@@ -1,13 +1,15 @@
-"""The TensorRT tab: build engines for the loaded checkpoint, watch and cancel builds, list and delete
-engines, and check whether planned settings are covered."""
+"""The TensorRT tab: build engines for the loaded checkpoint, watch and cancel builds, list, delete, rebuild
+and adopt engines (picked from the list), and check whether planned settings are covered."""
 
 from __future__ import annotations
 
 import math
 import time
+from datetime import datetime
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 from modules import shared
 
 from trt_lib.errors import TrtError
@@ -147,7 +149,7 @@ def add_lora(text: Any, name: Any) -> tuple[str, None]:
     return ", ".join(filter(None, [text.strip(" ,"), f"{name}:1"])), None
 
 
-def build(progress: gr.Progress = gr.Progress(), *inputs: Any) -> tuple[str, str, list]:  # noqa: B008
+def build(progress: gr.Progress = gr.Progress(), *inputs: Any) -> tuple[str, str, pd.DataFrame]:  # noqa: B008
     """The build button: queue the build, then follow it with Gradio's progress bar (stage and fraction).
 
     Gradio 3.41 hooks up a ``gr.Progress`` only for a positional parameter whose default is one, before any
@@ -156,14 +158,14 @@ def build(progress: gr.Progress = gr.Progress(), *inputs: Any) -> tuple[str, str
     return _build(progress, *inputs)
 
 
-def build_without_progress(*inputs: Any) -> tuple[str, str, list]:
+def build_without_progress(*inputs: Any) -> tuple[str, str, pd.DataFrame]:
     """The build button under ``--no-gradio-queue``: Gradio then refuses to launch at all with a handler that
     tracks progress ("Progress tracking requires queuing to be enabled"), so this one answers at the end."""
     return _build(None, *inputs)
 
 
 def _build(progress: gr.Progress | None, preset_label: Any = None, lora_text: Any = "", refit: Any = False,
-           *values: Any) -> tuple[str, str, list]:
+           *values: Any) -> tuple[str, str, pd.DataFrame]:
     try:
         job = EXT.submit_build([profile_from(preset_label, *values)], parse_loras(lora_text), refit=bool(refit))
     except TrtError as e:
@@ -192,25 +194,103 @@ def cancel(job_id: Any) -> str:
     return "No build is running."
 
 
-def engine_rows() -> list[list[Any]]:
+def engine_rows() -> pd.DataFrame:
+    """The engine table: every entry, then the engine files the manifest lacks, each with why it is not used.
+    A DataFrame so that Gradio 3.41 shows the column names also when there is no row (a list has none)."""
     try:
         listing = EXT.listing()
     except TrtError as e:
-        return [["", "", "", str(e), "", "", "", "", "error"]]
-    return [[e.id, e.checkpoint, e.family, "; ".join(p.label() for p in e.parsed_profiles), e.lora_label,
-             f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1), e.created,
+        return pd.DataFrame([["", "", "", str(e), "", "", "", "", "error"]], columns=ENGINE_COLUMNS)
+    rows = [[e.id, e.checkpoint, e.family, "; ".join(p.label() for p in e.parsed_profiles), e.lora_label,
+             f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1), local_time(e.created),
              listing.status[e.id] or "ok"] for e in listing.entries]
+    rows += [[name, "", "", "", "", "", "", "", why] for name, why in _stray_files(listing).items()]
+    return pd.DataFrame(rows, columns=ENGINE_COLUMNS)
 
 
-def delete(engine_id: Any) -> tuple[str, list]:
-    engine_id = str(engine_id or "").strip()
-    if not engine_id:
-        return "⚠ Enter the id of the engine to delete (the first column of the list).", engine_rows()
+def local_time(stamp: str) -> str:
+    """The manifest's ISO time stamp as this machine's local date and time, to the minute."""
     try:
-        EXT.delete(engine_id)
-        return f"Deleted {engine_id}.", engine_rows()
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return stamp
+
+
+def _stray_files(listing: Any) -> dict[str, str]:
+    known = {e.id for e in listing.entries}
+    return {k: v for k, v in listing.problems.items() if k not in known and k.endswith(".engine")}
+
+
+def engine_choices() -> dict[str, tuple[str, str]]:
+    """The engine picker's labels, each naming ("entry", id) or ("file", name), in the table's order."""
+    try:
+        listing = EXT.listing()
+    except TrtError:
+        return {}
+    choices = {f"{e.id} — {e.checkpoint}, {e.build_label()}": ("entry", e.id) for e in listing.entries}
+    return choices | {f"{name} — file not in the manifest": ("file", name) for name in _stray_files(listing)}
+
+
+def engine_picker(value: str | None = None) -> dict:
+    """The picker's choices now, keeping ``value`` when it is still there."""
+    choices = list(engine_choices())
+    return gr.update(choices=choices, value=value if value in choices else None)
+
+
+def pick_row(table: pd.DataFrame, event: gr.SelectData) -> dict:
+    """A click in the engine table picks that row's engine (or file) for Delete, Rebuild and Adopt."""
+    row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+    name = str(table.iloc[row, 0]) if 0 <= row < len(table) else ""
+    label = next((k for k, (_, key) in engine_choices().items() if key == name), None)
+    return engine_picker(label)
+
+
+def _picked(choice: str | None) -> tuple[str, str]:
+    if not choice:
+        raise TrtError("pick an engine first: in the list below the table, or click its row")
+    picked = engine_choices().get(choice)
+    if picked is None:
+        raise TrtError(f"{choice.split(' — ')[0]} is no longer in the engine list")
+    return picked
+
+
+def delete(choice: str | None) -> tuple[str, pd.DataFrame, dict]:
+    """Delete the picked engine, or the picked engine file the manifest does not know."""
+    try:
+        kind, key = _picked(choice)
+        if kind == "entry":
+            EXT.delete(key)
+        else:
+            EXT.delete_file(key)
+        message = f"Deleted {key}."
     except TrtError as e:
-        return f"⚠ {e}", engine_rows()
+        message = f"⚠ {e}"
+    return message, engine_rows(), engine_picker()
+
+
+def adopt(choice: str | None) -> tuple[str, pd.DataFrame, dict]:
+    """Record a picked engine file the manifest lost again, from its record beside it."""
+    try:
+        kind, key = _picked(choice)
+        if kind != "file":
+            raise TrtError(f"{key} is in the manifest already; Adopt is for engine files it does not list")
+        message = f"Adopted {key} as engine {EXT.adopt_file(key).id}."
+    except TrtError as e:
+        message = f"⚠ {e}"
+    return message, engine_rows(), engine_picker()
+
+
+def rebuild(choice: str | None) -> tuple[str, str]:
+    """Build the picked engine again with its profiles, LoRAs and refit choice; the old one goes when done."""
+    try:
+        kind, key = _picked(choice)
+        if kind != "entry":
+            raise TrtError(f"{key} has no record of how it was built: delete it and build the engine above")
+        job = EXT.rebuild(key)
+    except TrtError as e:
+        return f"⚠ {e}", ""
+    return (f"Rebuilding {key} ({job.description}); it is replaced when the build ends. Cancel stops it; "
+            "Refresh shows the new engine."), job.id
 
 
 def fit(width: Any, height: Any, batch: Any, hires: Any, scale: Any, tokens: Any, negative: Any) -> str:
@@ -269,8 +349,10 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
         gr.Markdown("### Engines")
         engines = gr.Dataframe(engine_rows, headers=ENGINE_COLUMNS, interactive=False, wrap=True)
         with gr.Row():
-            engine_id = gr.Textbox(label="Engine id to delete", elem_id="trt_delete_id")
-            delete_button, refresh_button = gr.Button("Delete engine"), gr.Button("Refresh")
+            picked = gr.Dropdown(list(engine_choices()), label="Engine (or click its row)", elem_id="trt_engine_pick",
+                                 scale=3)
+            delete_button, rebuild_button = gr.Button("Delete"), gr.Button("Rebuild")
+            adopt_button, refresh_button = gr.Button("Adopt file"), gr.Button("Refresh")
         deleted = gr.Markdown()
 
         for component in [preset, *fields]:
@@ -279,9 +361,13 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
         build_button.click(handler, [preset, loras, refit, *fields], [result, job_id, engines]).then(
             None, _js="trtRefreshUnetList")
         cancel_button.click(cancel, job_id, result)
-        delete_button.click(delete, engine_id, [deleted, engines]).then(None, _js="trtRefreshUnetList")
-        refresh_button.click(lambda current: (engine_rows(), status_markdown(), refreshed_presets(current)),
-                             preset, [engines, status, preset])
+        engines.select(pick_row, engines, picked)
+        delete_button.click(delete, picked, [deleted, engines, picked]).then(None, _js="trtRefreshUnetList")
+        adopt_button.click(adopt, picked, [deleted, engines, picked]).then(None, _js="trtRefreshUnetList")
+        rebuild_button.click(rebuild, picked, [deleted, job_id])
+        refresh_button.click(lambda current, engine: (engine_rows(), status_markdown(), refreshed_presets(current),
+                                                      engine_picker(engine)),
+                             [preset, picked], [engines, status, preset, picked])
         fit_button.click(fit, [fw, fh, fb, fhr, fsc, ft, fn], fit_answer)
         ui.load(refreshed_presets, [], preset)
     return [(ui, "TensorRT", "tensorrt")]

@@ -86,7 +86,7 @@ class Webui:
         spec = self.sd_models.CheckpointSpec(
             make_unet=lambda: make_unet(fam, seed=seed), context_dim=fam.traits.context_dim,
             adm_dim=fam.traits.adm_dim, in_channels=fam.traits.in_channels, parameterization=fam.traits.prediction)
-        return self.sd_models.add_checkpoint(name, spec)
+        return self.sd_models.add_checkpoint(name, spec, f"{name}|{family}|seed {seed}".encode())
 
     def load(self, name: str) -> Any:
         """Select a checkpoint in the checkpoint dropdown (``sd_model_checkpoint``) and load it."""
@@ -107,6 +107,7 @@ class Webui:
         fam = get_family(family)
         profile = profile if isinstance(profile, Profile) else Profile.from_dict(profile)
         info = self.sd_models.get_closet_checkpoint_match(checkpoint)
+        info.calculate_shorthash()  # what a build records: the full sha256 of the checkpoint file
         store = self.EXT.store
         onnx_dir = f"onnx/{family}"
         if not (store.folder / onnx_dir).is_dir():

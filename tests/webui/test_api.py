@@ -51,7 +51,9 @@ def test_listing_routes(client, webui):
     presets = client.get("/tensorrt/v1/presets").json()
     assert presets["family"] == "sd1" and "static-512" in {p["name"] for p in presets["presets"]}
     fit = client.post("/tensorrt/v1/fit", json={"width": 128, "height": 64, "batch_size": 2}).json()
-    assert fit == {"covered": True, "message": f"Covered by {webui.engine.id}.", "engines": [webui.engine.id]}
+    assert fit == {"covered": True, "runs_here": False, "engines": [webui.engine.id],  # no CUDA GPU here
+                   "message": f"Covered by {webui.engine.id}, but it cannot run here: {webui.engine.id}: no CUDA GPU "
+                              "here to run it (it runs on the GPU it was built for)."}
     assert client.post("/tensorrt/v1/fit", json={"width": 256}).json()["covered"] is False
 
 
@@ -151,3 +153,23 @@ def test_a_checkpoint_of_no_known_family_is_refused_clearly(client, webui):
     assert "no model family matches" in r.json()["detail"]
     assert client.post("/tensorrt/v1/builds", json={"preset": "static-512"}).status_code == 422
     assert client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2}).status_code == 200
+
+
+@pytest.mark.catalogue("api")
+def test_engine_files_the_manifest_lost_are_adopted_or_deleted(client, webui):
+    store = webui.EXT.store
+    store.manifest_path.rename(store.folder / "manifest.old")  # the Troubleshooting fix for a broken manifest
+    (store.folder / "by-hand.engine").write_bytes(b"engine")
+    problems = {p["id"]: p["reason"] for p in client.get("/tensorrt/v1/engines").json()["problems"]}
+    assert "adopt it" in problems[webui.engine.engine_file] and "delete it" in problems["by-hand.engine"]
+    r = client.post(f"/tensorrt/v1/engines/files/{webui.engine.engine_file}/adopt")
+    assert r.status_code == 200 and r.json() == {"adopted": webui.engine.id}
+    assert [e["id"] for e in client.get("/tensorrt/v1/engines").json()["engines"]] == [webui.engine.id]
+    assert client.get("/tensorrt/v1/unets").json()["sd_unet"] == ["Automatic", "[TRT] sd15", "None"]
+    r = client.post("/tensorrt/v1/engines/files/by-hand.engine/adopt")
+    assert r.status_code == 409 and "no record by-hand.engine.json" in r.json()["detail"]
+    for name in (webui.engine.engine_file, "manifest.json", "nothing.engine"):
+        assert client.delete(f"/tensorrt/v1/engines/files/{name}").status_code == 404
+    assert client.delete("/tensorrt/v1/engines/files/by-hand.engine").json() == {"deleted": "by-hand.engine"}
+    assert not (store.folder / "by-hand.engine").exists() and (store.folder / webui.engine.engine_file).exists()
+    assert client.post("/tensorrt/v1/engines/nothing/rebuild").status_code == 404

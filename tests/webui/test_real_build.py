@@ -5,6 +5,7 @@ used by a txt2img (a clear error without a GPU; on the ONNX Runtime stand-in, th
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -78,6 +79,10 @@ def test_build_list_and_run_a_real_engine(client, webui, monkeypatch):
                                "tokens": [75, 75, 75]}]
     engine_path = webui.EXT.store.engine_path(entry)
     assert engine_path.stat().st_size == entry.engine_bytes > 0
+    info = webui.sd_models.get_closet_checkpoint_match(CHECKPOINT)
+    assert entry.checkpoint_hash == info.sha256 and len(info.sha256) == 64  # the file's full sha256
+    record = engine_path.with_name(engine_path.name + ".json")  # what adopting the file needs
+    assert webui.module("trt_lib.store").EngineEntry.from_dict(json.loads(record.read_text())) == entry
     listed = client.get("/tensorrt/v1/engines").json()["engines"][0]
     assert listed["usable"] is True and listed["runs_here"] is False and "no CUDA GPU here" in listed["problem"]
     # in the dropdown without a restart
@@ -156,3 +161,25 @@ def test_without_a_gpu_or_a_target_a_build_is_refused_before_the_export(client, 
     answer, job_id, _ = tab.build(None, preset, "", False, *[0] * 12)
     assert answer.startswith("⚠ ") and '"Build for compute capability"' in answer and job_id == ""
     assert webui.EXT.jobs.jobs() == [] and store_files(webui) == []
+
+
+@pytest.mark.catalogue("files")
+def test_rebuild_after_the_checkpoint_was_replaced(client, webui):
+    """The checkpoint file overwritten by other weights: its engine is not offered, Rebuild builds the same
+    profile from the new weights and replaces it."""
+    job_id = client.post("/tensorrt/v1/builds", json={"preset": "static-512"}).json()["job_id"]
+    old = webui.EXT.store.get(webui.EXT.jobs.wait(job_id, timeout=120).result.id)
+    webui.add_checkpoint(CHECKPOINT, "sd1", seed=1)
+    webui.add_checkpoint("other.safetensors", "sd1")
+    webui.load("other.safetensors")
+    webui.load(CHECKPOINT)
+    listed = client.get("/tensorrt/v1/engines").json()["engines"]
+    assert [(e["id"], e["usable"]) for e in listed] == [(old.id, False)] and "another version" in listed[0]["problem"]
+    r = client.post(f"/tensorrt/v1/engines/{old.id}/rebuild")
+    assert r.status_code == 200, r.text
+    job = webui.EXT.jobs.wait(r.json()["job_id"], timeout=120)
+    assert job.state == "done", job.message
+    (new,) = webui.EXT.store.entries()
+    assert new.id != old.id and new.profiles == old.profiles and new.onnx_file != old.onnx_file
+    assert new.checkpoint_hash == webui.sd_models.get_closet_checkpoint_match(CHECKPOINT).sha256 != old.checkpoint_hash
+    assert not webui.EXT.store.engine_path(old).exists() and webui.EXT.listing().problems.get(new.id) is None

@@ -1,7 +1,7 @@
 """Mirrors modules/cmd_args.py for the flags of the stand-in's ``cmd_opts``, with the real definitions:
 ``--skip-install`` (line 18), ``--no-half`` (30), ``--medvram`` (39), ``--lowvram`` (41), ``--freeze-settings``
-(82), ``--api``, ``--api-auth``, ``--api-log`` and ``--nowebui`` (101-104), ``--no-gradio-queue`` (115),
-the last read by the stand-in's ``Api`` and ``webui.py`` as in the WebUI."""
+(82), ``--api``, ``--api-auth``, ``--api-log`` and ``--nowebui`` (101-104, the last read by the stand-in's ``Api``
+and ``webui.py`` as in the WebUI), ``--no-gradio-queue`` (115), ``--no-hashing`` (117)."""
 
 import argparse
 
@@ -23,3 +23,5 @@ parser.add_argument("--api-log", action='store_true', help="use api-log=True to 
 parser.add_argument("--nowebui", action='store_true', help="use api=True to launch the API instead of the webui")
 parser.add_argument("--no-gradio-queue", action='store_true', help="Disables gradio queue; causes the webpage to use "
                     "http requests instead of websockets; was the default in earlier versions")
+parser.add_argument("--no-hashing", action='store_true', help="disable sha256 hashing of checkpoints to help "
+                    "loading performance", default=False)

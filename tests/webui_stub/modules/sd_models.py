@@ -21,28 +21,72 @@ from typing import Any
 
 import torch
 
-from modules import devices, paths, script_callbacks, sd_hijack, sd_unet, shared
+from modules import devices, errors, hashes, paths, script_callbacks, sd_hijack, sd_unet, shared
 
 TOKENS_PER_CHUNK = 75
 CONTEXT_PER_CHUNK = 77
 
 
 class CheckpointInfo:
-    """Names of a checkpoint file as the WebUI derives them (``name`` relative to the models folder)."""
+    """Names and hashes of a checkpoint file as the WebUI derives them (``name`` relative to the models
+    folder): ``CheckpointInfo.__init__``/``register``/``calculate_shorthash``, sd_models.py lines 56-128.
 
-    def __init__(self, name: str, sha256: str | None = None) -> None:
+    ``sha256`` comes only from the hash cache (None for a file not hashed since it last changed), so the
+    title has no ``[shorthash]`` until ``calculate_shorthash`` runs, which loading a checkpoint does
+    (lines 333 and 411) unless ``--no-hashing``. ``hash`` is the old hash of 64 KiB of the file (line 90,
+    ``model_hash``, lines 203-215)."""
+
+    def __init__(self, name: str) -> None:
         self.name = name
         self.filename = os.path.join(paths.models_path, "Stable-diffusion", name)
         self.name_for_extra = os.path.splitext(os.path.basename(self.filename))[0]
         self.model_name = os.path.splitext(name.replace("/", "_").replace("\\", "_"))[0]
-        self.sha256 = sha256 or hashlib.sha256(name.encode()).hexdigest()
-        self.hash = self.sha256[:8]
+        self.hash = model_hash(self.filename)
+        self.sha256 = hashes.sha256_from_cache(self.filename, f"checkpoint/{name}")
         self.shorthash = self.sha256[0:10] if self.sha256 else None
         self.title = name if self.shorthash is None else f"{name} [{self.shorthash}]"
         short = self.name_for_extra
         self.short_title = short if self.shorthash is None else f"{short} [{self.shorthash}]"
-        self.ids = [self.hash, self.model_name, self.title, name, self.name_for_extra, self.short_title]
+        self.ids = [self.hash, self.model_name, self.title, name, self.name_for_extra, f"{name} [{self.hash}]"]
+        if self.shorthash:
+            self.ids += [self.shorthash, self.sha256, f"{self.name} [{self.shorthash}]",
+                         f"{self.name_for_extra} [{self.shorthash}]"]
         self.metadata: dict[str, Any] = {}
+
+    def register(self) -> None:
+        checkpoints_list[self.title] = self
+        for alias in self.ids:
+            checkpoint_aliases[alias] = self
+
+    def calculate_shorthash(self) -> str | None:
+        self.sha256 = hashes.sha256(self.filename, f"checkpoint/{self.name}")
+        if self.sha256 is None:
+            return None
+        shorthash = self.sha256[0:10]
+        if self.shorthash == self.sha256[0:10]:
+            return self.shorthash
+        self.shorthash = shorthash
+        if self.shorthash not in self.ids:
+            self.ids += [self.shorthash, self.sha256, f"{self.name} [{self.shorthash}]",
+                         f"{self.name_for_extra} [{self.shorthash}]"]
+        old_title = self.title
+        self.title = f"{self.name} [{self.shorthash}]"
+        self.short_title = f"{self.name_for_extra} [{self.shorthash}]"
+        checkpoints_list.pop(old_title, None)  # replace_key (lines 38-53) keeps the order; unused here
+        self.register()
+        return self.shorthash
+
+
+def model_hash(filename: str) -> str:
+    """old hash that only looks at a small part of the file and is prone to collisions (lines 203-215)"""
+    try:
+        with open(filename, "rb") as file:
+            m = hashlib.sha256()
+            file.seek(0x100000)
+            m.update(file.read(0x10000))
+            return m.hexdigest()[0:8]
+    except FileNotFoundError:
+        return "NOFILE"
 
 
 @dataclass(frozen=True)
@@ -61,12 +105,22 @@ checkpoint_aliases: dict[str, CheckpointInfo] = {}
 _specs: dict[str, CheckpointSpec] = {}
 
 
-def add_checkpoint(name: str, spec: CheckpointSpec, sha256: str | None = None) -> CheckpointInfo:
-    """The stand-in for a checkpoint file found in the models folder (``list_models``)."""
-    info = CheckpointInfo(name, sha256)
-    checkpoints_list[info.title] = info
-    for alias in info.ids:
-        checkpoint_aliases[alias] = info
+def add_checkpoint(name: str, spec: CheckpointSpec, content: bytes | None = None) -> CheckpointInfo:
+    """The stand-in for a checkpoint file found in the models folder (``list_models``): a small real file
+    (``content``, by default its name) so that the WebUI's hashing runs on it; adding a name again replaces
+    the file, as copying another checkpoint over it would."""
+    filename = os.path.join(paths.models_path, "Stable-diffusion", name)
+    os.makedirs(os.path.dirname(filename), exist_ok=True)
+    before = os.stat(filename).st_mtime_ns if os.path.exists(filename) else None
+    with open(filename, "wb") as f:
+        f.write(name.encode() if content is None else content)
+    if before is not None:  # a copy made later: its mtime is newer even within the clock's resolution
+        os.utime(filename, ns=(before + 10**9, before + 10**9))
+    for title, old in list(checkpoints_list.items()):
+        if old.filename == filename:
+            del checkpoints_list[title]
+    info = CheckpointInfo(name)
+    info.register()
     _specs[info.filename] = spec
     return info
 
@@ -190,6 +244,22 @@ class SdModelData:
         self.was_loaded_at_least_once = False
         self.lock = threading.Lock()
 
+    def get_sd_model(self) -> SdModel | None:
+        """What ``shared.sd_model`` reads (sd_models.py lines 683-701): the first access loads the selected
+        checkpoint, so reading it before the WebUI has loaded one loads it there and then."""
+        if self.was_loaded_at_least_once:
+            return self.sd_model
+        if self.sd_model is None:
+            with self.lock:
+                if self.sd_model is not None or self.was_loaded_at_least_once:
+                    return self.sd_model
+                try:
+                    load_model()
+                except Exception as e:
+                    errors.display(e, "loading stable diffusion model", full_traceback=True)
+                    self.sd_model = None
+        return self.sd_model
+
     def set_sd_model(self, v: SdModel | None) -> None:
         self.sd_model = v
         if v in self.loaded_sd_models:
@@ -203,6 +273,7 @@ model_data = SdModelData()
 
 def load_model(checkpoint_info: CheckpointInfo | None = None) -> SdModel:
     checkpoint_info = checkpoint_info or select_checkpoint()
+    checkpoint_info.calculate_shorthash()  # get_checkpoint_state_dict and load_model_weights, lines 333/411
     sd_model = SdModel(checkpoint_info, _specs[checkpoint_info.filename])
     sd_hijack.model_hijack.hijack(sd_model)
     sd_model.to(devices.device)

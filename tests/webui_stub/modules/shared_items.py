@@ -18,13 +18,14 @@ def refresh_unet_list() -> None:
 
 
 class Shared(types.ModuleType):
-    """``shared.sd_model`` reads and writes ``sd_models.model_data`` as in the WebUI."""
+    """``shared.sd_model`` reads and writes ``sd_models.model_data`` as in the WebUI (shared_items.py lines
+    163-182): reading it loads a checkpoint if none was loaded yet (``get_sd_model``)."""
 
     @property
     def sd_model(self):
         import modules.sd_models
 
-        return modules.sd_models.model_data.sd_model
+        return modules.sd_models.model_data.get_sd_model()
 
     @sd_model.setter
     def sd_model(self, value) -> None:
