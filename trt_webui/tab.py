@@ -245,8 +245,8 @@ def pick_row(table: pd.DataFrame, event: gr.SelectData) -> dict:
     return engine_picker(label)
 
 
-def _picked(choice: str | None) -> tuple[str, str]:
-    if not choice:
+def _picked(choice: Any) -> tuple[str, str]:
+    if not choice or not isinstance(choice, str):
         raise TrtError("pick an engine first: in the list below the table, or click its row")
     picked = engine_choices().get(choice)
     if picked is None:

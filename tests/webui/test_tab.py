@@ -75,8 +75,9 @@ def test_the_other_handlers_answer_bad_values_with_a_message(tab, bad):
     assert tab.fit(bad, 512, 1, False, 2.0, 75, 75).startswith("⚠ width: enter a")
     assert tab.fit(512, 512, 1, True, bad, 75, 75) == "⚠ upscale by: enter a number"
     assert tab.fit(512, 512, 1, bad, 2.0, bad, 75).startswith("⚠ prompt tokens: enter a")
-    message, rows = tab.delete(bad)
-    assert message.startswith("⚠ ") and isinstance(rows, list)
+    message, _, _ = tab.delete(bad)
+    assert message == ("⚠ many is no longer in the engine list" if bad == "many" else
+                       "⚠ pick an engine first: in the list below the table, or click its row")
     assert tab.cancel(bad) == "No build is running."
     assert tab.add_lora(bad, bad) == (str(bad or ""), None)
     assert tab.add_lora("sd1_a:heavy", "sd1_b") == ("sd1_a:heavy", None)  # kept as typed; the build says why
