@@ -37,7 +37,8 @@ def test_txt2img_with_the_engine_and_an_uncovered_job(client, webui):
                                                   "override_settings": {"sd_unet": "[TRT] sd15"}})
     body = bad.json()
     assert bad.status_code == 422 and body["error"] == "NoProfileError"
-    assert "width 192 px is over the engine's 64-128" in body["errors"] and body["detail"] == body["errors"]
+    assert "width 192 px is 64 px over the engine's maximum of 128" in body["errors"]
+    assert body["detail"] == body["errors"]
     assert webui.shared.opts.sd_unet == "Automatic"  # the override was put back
 
 

@@ -125,7 +125,7 @@ def test_uncovered_job_stops_before_the_first_step_naming_what_is_missing(webui,
     with pytest.raises(Exception) as caught:
         webui.txt2img(prompt="a cat", steps=2, width=512, height=512, batch_size=2)
     message = str(caught.value)
-    assert "batch 4 rows" in message and "is over the engine's 1-2 by 2" in message
+    assert "batch size 2 is 1 over the engine's maximum of 1" in message and "rows" not in message
     assert "(dynamic-512-768)" in message  # the preset that covers the job
     assert runs == []  # no engine was even loaded: nothing ran
 
@@ -215,7 +215,7 @@ def test_an_inner_job_of_another_extension_is_checked_at_its_first_call(sd1, mon
     calls = record_calls(sd1, monkeypatch)
     crop = torch.randn(1, 4, 24, 24)  # 192x192 px: over the engine's 128 px
     if setting == "raise":
-        with pytest.raises(Exception, match="width 192 px is over the engine's 64-128 by 64") as caught:
+        with pytest.raises(Exception, match="width 192 px is 64 px over the engine's maximum of 128 px") as caught:
             sd1.img2img(inner=True, prompt="a face", steps=2, init_latent=crop, denoising_strength=0.5)
         assert caught.value.status_code == 422 and calls == []
         return

@@ -36,7 +36,9 @@ class TensorRTRunner(EngineRunner):
         self.runtime_name = backend.label
         if gpu_capability() is None:
             raise EngineRunError(f"{backend.label} engines run on an NVIDIA GPU with CUDA, and PyTorch sees none "
-                                 f"here; {self.path.name} cannot be loaded")
+                                 f"here, so {self.path.name} cannot be loaded. Choose None for SD Unet to generate "
+                                 "with the PyTorch UNet, or set Settings → TensorRT → \"When no engine covers a "
+                                 "generation\" to fallback.")
         trt = self._trt = backend.module()
         self._label = backend.label
         self._logger = logger_class(trt)(backend.label)
