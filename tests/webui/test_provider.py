@@ -131,6 +131,21 @@ def test_uncovered_job_stops_before_the_first_step_naming_what_is_missing(webui,
 
 
 @pytest.mark.catalogue("sampling")
+def test_a_refused_ui_job_shows_one_readable_paragraph(webui, capsys):
+    """The UI shows ``type: message`` escaped in a div whose line breaks collapse: the message is one
+    paragraph of sentences. The WebUI reports every failed UI job with its traceback (call_queue's
+    ``errors.report``); the extension's own line comes first and says it all."""
+    webui.with_engine("sd15.safetensors", "sd1", {"batch": 1, "height": 512, "width": 512, "tokens": 75})
+    ui_txt2img = webui.call_queue.wrap_gradio_call_no_job(lambda **job: [webui.txt2img(**job)])
+    *_, html_box = ui_txt2img(prompt="a cat", negative_prompt=LONG_PROMPT, steps=2, width=512, height=512)
+    assert html_box.startswith("<div class='error'>NoProfileError: No TensorRT engine for sd15")
+    assert "\n" not in html_box
+    assert "the negative prompt needs 150 tokens, 75 over the engine&#x27;s maximum of 75." in html_box
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("[TensorRT] generation stopped (HTTP 422): No TensorRT engine for sd15")
+
+
+@pytest.mark.catalogue("sampling")
 def test_hires_size_off_the_grid_is_refused_before_the_first_pass(sd1, monkeypatch):
     calls = record_calls(sd1, monkeypatch)
     with pytest.raises(Exception, match="96x96 px is not on the 64 px grid"):
