@@ -46,7 +46,7 @@ def test_failed_install_is_recorded_with_the_fix_and_the_rest_goes_on(tmp_path):
     status, calls = run(tmp_path, ALL - {"tensorrt", "polygraphy"}, fail={"tensorrt-cu12"}, backend="tensorrt")
     assert status.installed == ["polygraphy"]
     assert "no network" in status.failed["tensorrt"]
-    assert 'python -m pip install "tensorrt-cu12>=10.0"' in status.failed["tensorrt"]
+    assert 'python -m pip install "tensorrt-cu12>=10.0,!=11.3.*"' in status.failed["tensorrt"]
     assert json.loads((tmp_path / "status.json").read_text())["failed"]
 
 

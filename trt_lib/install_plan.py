@@ -92,7 +92,8 @@ def requirements(backend: str, flavour: str) -> list[Requirement]:
     need no ``ml_dtypes``. Version specifiers are quoted: the WebUI runs pip through a shell, where an unquoted
     ``>=`` is a redirection."""
     engine = {
-        "tensorrt": Requirement("tensorrt", f'install "tensorrt-{flavour}>=10.0"', "builds and runs engines"),
+        # 11.3's REFIT builds may compute wrong results (its release notes); backends.trt10 refuses them too
+        "tensorrt": Requirement("tensorrt", f'install "tensorrt-{flavour}>=10.0,!=11.3.*"', "builds and runs engines"),
         "tensorrt_rtx": Requirement("tensorrt_rtx", f"install tensorrt-rtx-{flavour}",
                                     "builds and runs engines on RTX GPUs"),
     }

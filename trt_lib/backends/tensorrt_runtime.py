@@ -172,10 +172,13 @@ class TensorRTRunner(EngineRunner):
         self._engine = None
 
 
+_DTYPES = {"HALF": torch.float16, "FLOAT": torch.float32, "BF16": torch.bfloat16, "INT32": torch.int32,
+           "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8}
+
+
 def _dtype_pairs(trt: Any) -> list[tuple[Any, torch.dtype]]:
-    return [(trt.DataType.HALF, torch.float16), (trt.DataType.FLOAT, torch.float32),
-            (trt.DataType.BF16, torch.bfloat16), (trt.DataType.INT32, torch.int32),
-            (trt.DataType.INT64, torch.int64), (trt.DataType.BOOL, torch.bool), (trt.DataType.UINT8, torch.uint8)]
+    """The module's ``DataType`` members we map, read by name: a release without one still loads engines."""
+    return [(getattr(trt.DataType, name), ours) for name, ours in _DTYPES.items() if hasattr(trt.DataType, name)]
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:

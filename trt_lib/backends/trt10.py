@@ -109,6 +109,7 @@ class Backend:
         (:class:`BuildCancelled`) or failure (:class:`BuildError`) leaves nothing behind.
         """
         trt = self.module()
+        self._check_release(trt, refit)
         onnx_path, engine_path = Path(onnx_path), Path(engine_path)
         report = progress or (lambda stage, fraction: None)
         cancel = cancel or threading.Event()
@@ -120,7 +121,7 @@ class Backend:
         report(f"parsing {onnx_path.name}", 0.0)
         logger = logger_class(trt)(self.label)
         builder = trt.Builder(logger)
-        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        network = builder.create_network(network_flags(trt))
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):  # by path, so external weight files beside it are read
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "; ".join(logger.errors)
@@ -175,6 +176,17 @@ class Backend:
         return BuildReport(backend=self.name, backend_version=str(trt.__version__), compute_capabilities=(target,),
                            seconds=time.perf_counter() - started, engine_bytes=engine_path.stat().st_size,
                            refittable=refit, weight_stripped=strip_weights)
+
+    def _check_release(self, trt: ModuleType, refit: bool) -> None:
+        """Refuse refittable builds with a TensorRT release documented to compute them wrongly."""
+        version = str(trt.__version__)
+        if refit and self.name == "tensorrt" and version.split(".")[:2] in BAD_REFIT_RELEASES:
+            raise BuildTargetError(
+                f"{self.label} {version} can build refittable engines that compute wrong results (its release "
+                "notes: BuilderFlag.REFIT \"may produce incorrect numerical output\", a GEMM bias can be "
+                "dropped). Build without \"Switch prompt LoRAs without a rebuild\", or install another "
+                f"release in the WebUI's Python: python -m pip {requirements(self.name, cuda_flavour())[-1].pip}, "
+                "then restart the WebUI.")
 
     def _target(self, trt: ModuleType, requested: str | None) -> tuple[str, Any]:
         """The compute capability to build for ("8.9") and the module's enum for it (None: the GPU it runs on)."""
@@ -231,6 +243,19 @@ class Backend:
         engine_path = Path(engine_path)
         return TensorRTRunner(self, engine_path, input_names, output_name, profiles, onnx_path=onnx_path,
                               cache_dir=Path(cache_dir) if cache_dir else engine_path.parent / "cache")
+
+
+BAD_REFIT_RELEASES = (["11", "3"],)
+"""TensorRT releases whose documentation warns that REFIT builds may compute wrong results (11.3;
+REFIT_IDENTICAL is not affected). install_plan keeps them out of what install.py installs."""
+
+
+def network_flags(trt: ModuleType) -> int:
+    """``create_network``'s flags: strongly typed (the export fixes every dtype). TensorRT 10 needs the flag;
+    11 is always strongly typed and keeps the flag only for compatibility (ignored), and removed
+    EXPLICIT_BATCH and renumbered the enum, so the flag is read by name and left out where it is gone."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
 
 
 def gpu_capability() -> str | None:
