@@ -1,7 +1,9 @@
-"""ONNX → engine with the TensorRT 10 API, one implementation for TensorRT and TensorRT for RTX.
+"""ONNX → engine with the TensorRT 10 API, one implementation for TensorRT (10 and 11) and TensorRT for RTX.
 
-TensorRT for RTX keeps TensorRT 10's Python API, so a :class:`Backend` differs only in its module name and
-in what that module offers (a target compute capability, a timing cache, a runtime config).
+TensorRT 11 dropped weak typing and implicit-batch names and renumbered enums: every call here exists in
+both, and flags are read by name. TensorRT for RTX keeps TensorRT 10's Python API, so a :class:`Backend`
+differs only in its module name and in what that module offers (a target compute capability, a timing
+cache, a runtime config).
 
 polygraphy is not used for building: it picks ``tensorrt`` or ``tensorrt_rtx`` once per process from
 ``POLYGRAPHY_USE_TENSORRT_RTX`` at import, while the WebUI switches backends between builds from settings;
