@@ -143,7 +143,7 @@ class Extension:
                                compute_capability=settings.compute_capability(),
                                loras=lora_bake.check_loras(loras or []), refit=refit, dtype=devices.dtype_unet)
         request.validate()
-        get_backend(request.backend).version()  # refuse now, with the fix, if the backend is missing
+        get_backend(request.backend).check_build(request.refit)  # refuse now, with the fix
         store = self.store
 
         def run(job: Job) -> EngineEntry:

@@ -179,6 +179,11 @@ class Backend:
                            seconds=time.perf_counter() - started, engine_bytes=engine_path.stat().st_size,
                            refittable=refit, weight_stripped=strip_weights)
 
+    def check_build(self, refit: bool) -> None:
+        """Refuse, before any export, a build this backend cannot do well here: its module missing or broken,
+        or a release whose refittable engines are documented to compute wrong results."""
+        self._check_release(self.module(), refit)
+
     def _check_release(self, trt: ModuleType, refit: bool) -> None:
         """Refuse refittable builds with a TensorRT release documented to compute them wrongly."""
         version = str(trt.__version__)
