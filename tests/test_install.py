@@ -34,7 +34,7 @@ def run(tmp_path, present: set[str], fail: set[str] = frozenset(), backend: str 
     return status, calls
 
 
-ALL = {"onnx", "polygraphy", "safetensors", "filelock", "tensorrt_rtx", "tensorrt"}
+ALL = {"onnx", "safetensors", "filelock", "tensorrt_rtx", "tensorrt"}
 
 
 def test_nothing_to_do_when_all_present(tmp_path):
@@ -52,10 +52,10 @@ def test_missing_packages_are_installed_without_touching_protobuf(tmp_path):
 
 @pytest.mark.catalogue("install")
 def test_failed_install_is_recorded_with_the_fix_and_the_rest_goes_on(tmp_path):
-    status, calls = run(tmp_path, ALL - {"tensorrt", "polygraphy"}, fail={"tensorrt-cu12"}, backend="tensorrt")
-    assert status.installed == ["polygraphy"]
+    status, calls = run(tmp_path, ALL - {"tensorrt", "filelock"}, fail={"tensorrt-cu12"}, backend="tensorrt")
+    assert status.installed == ["filelock"]
     assert "no network" in status.failed["tensorrt"]
-    assert 'python -m pip install "tensorrt-cu12>=10.0"' in status.failed["tensorrt"]
+    assert 'python -m pip install "tensorrt-cu12>=10.0,!=11.3.*"' in status.failed["tensorrt"]
     assert json.loads((tmp_path / "status.json").read_text())["failed"]
 
 

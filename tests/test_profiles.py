@@ -131,10 +131,12 @@ STATIC = profile(1, 512, 75)
     (UnetCall(2, 64, 64, 77), []),
     (UnetCall(1, 64, 64, 77), []),
     (UnetCall(8, 96, 64, 154), []),
-    (UnetCall(10, 64, 64, 77), ["batch 10 rows (images, cond and uncond counted) is over the engine's 1-8 by 2"]),
-    (UnetCall(2, 128, 64, 77), ["height 1024 px is over the engine's 512-768 by 256"]),
-    (UnetCall(2, 48, 64, 77), ["height 384 px is under the engine's 512-768 by 128"]),
-    (UnetCall(2, 64, 64, 231), ["tokens 225 tokens is over the engine's 75-150 by 75"]),
+    (UnetCall(10, 64, 64, 77), ["10 rows at once (a row per image for the prompt and another for the negative "
+                                "prompt) are sent, but the engine (batch size 1-4) takes 1-8 rows: two per image, "
+                                "one for the prompt and one for the negative prompt"]),
+    (UnetCall(2, 128, 64, 77), ["height 1024 px is 256 px over the engine's maximum of 768 px"]),
+    (UnetCall(2, 48, 64, 77), ["height 384 px is 128 px under the engine's minimum of 512 px"]),
+    (UnetCall(2, 64, 64, 231), ["the prompt or negative prompt needs 225 tokens, 75 over the engine's maximum of 150"]),
     (UnetCall(2, 65, 64, 77), ["height 520 px is off the 64 px grid engines need"]),
 ])
 def test_profile_misses_say_which_dimension_and_by_how_much(call, misses):
@@ -149,7 +151,7 @@ def test_matching_prefers_the_narrowest_profile_and_explains_misses():
     with pytest.raises(NoProfileError) as err:
         plan([dyn, static], calls, SD1, "model")
     text = str(err.value)
-    assert "1024x1024 px" in text and "nearest engine dyn" in text and "over the engine's 512-768 by 256" in text
+    assert "1024x1024 px" in text and "nearest engine, dyn" in text and "256 px over the engine's maximum" in text
     assert "hires-512-1024" in text  # the preset that covers both passes
 
 

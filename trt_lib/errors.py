@@ -32,6 +32,11 @@ class NoProfileError(TrtError):
 
     status_code = 422
 
+    def __init__(self, message: str, needs: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.needs = needs or [message]
+        """One sentence per uncovered call ("Needed: …"), e.g. for a one-line reason in the infotext."""
+
 
 class StoreError(TrtError):
     """The engine store or its manifest cannot be read or written."""

@@ -141,9 +141,11 @@ def requirements(backend: str, flavour: str) -> list[Requirement]:
     either CUDA flavour counts. onnx goes in without dependencies because it would otherwise upgrade the
     protobuf the WebUI pins (3.20), and below 1.19, the last releases that import with that protobuf and
     need no ``ml_dtypes``. Version specifiers are quoted: the WebUI runs pip through a shell, where an unquoted
-    ``>=`` is a redirection."""
+    ``>=`` is a redirection. polygraphy is not among them: nothing uses it (backends/trt10.py says why its
+    loaders do not fit), so users are not made to download it."""
     engine = {
-        "tensorrt": Requirement("tensorrt", f'install "tensorrt-{flavour}>=10.0"', "builds and runs engines"),
+        # 11.3's REFIT builds may compute wrong results (its release notes); backends.trt10 refuses them too
+        "tensorrt": Requirement("tensorrt", f'install "tensorrt-{flavour}>=10.0,!=11.3.*"', "builds and runs engines"),
         "tensorrt_rtx": Requirement("tensorrt_rtx", f"install tensorrt-rtx-{flavour}",
                                     "builds and runs engines on RTX GPUs"),
     }
@@ -151,7 +153,6 @@ def requirements(backend: str, flavour: str) -> list[Requirement]:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(engine)}")
     return [
         Requirement("onnx", 'install --no-deps "onnx>=1.14,<1.19"', "the UNet is exported to ONNX", probe="onnx"),
-        Requirement("polygraphy", 'install "polygraphy>=0.49"', "engine inspection and loading helpers"),
         Requirement("safetensors", "install safetensors", "reads LoRA files"),
         Requirement("filelock", "install filelock", "keeps the engine manifest safe with two writers"),
         engine[backend],

@@ -7,9 +7,9 @@ the middle of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .profiles import LATENT_SCALE, UnetCall, context_len
+from .profiles import LATENT_SCALE, NEGATIVE, PROMPT, UnetCall, context_len
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,26 @@ class Pass:
     height: int
     cond_tokens: int
     uncond_tokens: int
+    hires: bool = False
+
+
+@dataclass(frozen=True)
+class CallSource:
+    """What of the job one call shape carries, in the user's terms, so that a message about it can say
+    "batch size 2" and "the negative prompt" rather than engine rows."""
+
+    images: int
+    """The job's batch size (images)."""
+    prompts: frozenset[str]
+    """Which rows the call carries: :data:`PROMPT`, :data:`NEGATIVE` or both."""
+    passes: frozenset[str] = field(default_factory=frozenset)
+    """"first pass", "hires pass"."""
+    and_parts: int = 1
+    """Prompt rows per image (sub-prompts joined with AND)."""
+
+    def merged(self, other: CallSource) -> CallSource:
+        return CallSource(self.images, self.prompts | other.prompts, self.passes | other.passes,
+                          max(self.and_parts, other.and_parts))
 
 
 @dataclass(frozen=True)
@@ -39,13 +59,22 @@ class JobSpec:
 
 def unet_calls(spec: JobSpec) -> list[UnetCall]:
     """All distinct call shapes of the job, sorted, as the CFG denoiser will make them."""
-    calls: set[UnetCall] = set()
+    return sorted(call_sources(spec), key=lambda c: (c.latent_height, c.latent_width, c.context_len, c.batch))
+
+
+def call_sources(spec: JobSpec) -> dict[UnetCall, CallSource]:
+    """Every distinct call shape of the job with what of the job it carries."""
+    found: dict[UnetCall, CallSource] = {}
+    hires = any(p.hires for p in spec.passes)  # without a hires pass, "first pass" would only be noise
     for p in spec.passes:
-        calls.update(_pass_calls(spec, p))
-    return sorted(calls, key=lambda c: (c.latent_height, c.latent_width, c.context_len, c.batch))
+        passes = frozenset({"hires pass" if p.hires else "first pass"} if hires else ())
+        for call, prompts in _pass_calls(spec, p):
+            source = CallSource(spec.batch_size, frozenset(prompts), passes, spec.cond_repeats)
+            found[call] = found[call].merged(source) if call in found else source
+    return found
 
 
-def _pass_calls(spec: JobSpec, p: Pass) -> set[UnetCall]:
+def _pass_calls(spec: JobSpec, p: Pass) -> list[tuple[UnetCall, tuple[str, ...]]]:
     b = spec.batch_size
     cond_rows = b * spec.cond_repeats
     cond_ctx, uncond_ctx = context_len(p.cond_tokens), context_len(p.uncond_tokens)
@@ -57,17 +86,22 @@ def _pass_calls(spec: JobSpec, p: Pass) -> set[UnetCall]:
     def call(rows: int, ctx: int) -> UnetCall:
         return UnetCall(rows, p.height // LATENT_SCALE, p.width // LATENT_SCALE, ctx)
 
-    calls = set()
+    def parts(start: int, end: int) -> tuple[str, ...]:  # the denoiser's rows: cond rows, then uncond rows
+        return tuple(name for name, lo, hi in ((PROMPT, 0, cond_rows), (NEGATIVE, cond_rows, cond_rows + b))
+                     if start < hi and end > lo)
+
+    calls = []
     if cond_ctx == uncond_ctx:
         rows = cond_rows + b
         if spec.batch_cond_uncond:
-            calls.add(call(rows, cond_ctx))
+            calls.append((call(rows, cond_ctx), (PROMPT, NEGATIVE)))
             if spec.skips_uncond:
-                calls.add(call(cond_rows, cond_ctx))
+                calls.append((call(cond_rows, cond_ctx), (PROMPT,)))
         else:
-            calls.update(call(min(b, rows - start), cond_ctx) for start in range(0, rows, b))
+            calls += [(call(min(b, rows - start), cond_ctx), parts(start, min(start + b, rows)))
+                      for start in range(0, rows, b)]
     else:
         chunk = 2 * b if spec.batch_cond_uncond else b
-        calls.update(call(min(chunk, cond_rows - start), cond_ctx) for start in range(0, cond_rows, chunk))
-        calls.add(call(b, uncond_ctx))
+        calls += [(call(min(chunk, cond_rows - start), cond_ctx), (PROMPT,)) for start in range(0, cond_rows, chunk)]
+        calls.append((call(b, uncond_ctx), (NEGATIVE,)))
     return calls

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import NoProfileError
 from .families import Family
 from .profiles import PIXEL_GRID, Profile, Range, UnetCall, tokens_for_context
 from .store import EngineEntry
+
+if TYPE_CHECKING:
+    from .job_shapes import CallSource
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,11 @@ def choose(entries: Sequence[EngineEntry], call: UnetCall) -> Choice | None:
     return best[1] if best else None
 
 
-def plan(entries: Sequence[EngineEntry], calls: Sequence[UnetCall], family: Family,
-         checkpoint: str) -> dict[UnetCall, Choice]:
-    """A choice for every call of a job; :class:`NoProfileError` that says what is missing otherwise."""
+def plan(entries: Sequence[EngineEntry], calls: Sequence[UnetCall], family: Family, checkpoint: str,
+         sources: Mapping[UnetCall, CallSource] | None = None) -> dict[UnetCall, Choice]:
+    """A choice for every call of a job; :class:`NoProfileError` that says what is missing otherwise.
+    ``sources`` (from :func:`~trt_lib.job_shapes.call_sources`) lets the message speak of batch size and
+    of the prompt or negative prompt rather than of engine rows."""
     chosen: dict[UnetCall, Choice] = {}
     uncovered = []
     for call in calls:
@@ -41,28 +47,35 @@ def plan(entries: Sequence[EngineEntry], calls: Sequence[UnetCall], family: Fami
         else:
             chosen[call] = choice
     if uncovered:
-        raise NoProfileError(explain(entries, uncovered, calls, family, checkpoint))
+        needs = [need(entries, call, (sources or {}).get(call)) for call in uncovered]
+        raise NoProfileError(explain(entries, needs, calls, family, checkpoint), needs=needs)
     return chosen
 
 
-def explain(entries: Sequence[EngineEntry], uncovered: Sequence[UnetCall], calls: Sequence[UnetCall],
-            family: Family, checkpoint: str) -> str:
-    """The user-facing message for a job no engine covers: what is out, by how much, and what to build."""
-    lines = [f"No TensorRT engine for {checkpoint} covers this generation."]
-    for call in uncovered:
-        nearest = _nearest(entries, call)
-        if nearest is None:
-            lines.append(f"- needed: {call}.")
-        else:
-            entry, profile = nearest
-            lines.append(f"- needed: {call}; nearest engine {entry.id} ({profile.label()}): "
-                         + "; ".join(profile.misses(call)) + ".")
+def need(entries: Sequence[EngineEntry], call: UnetCall, source: CallSource | None = None) -> str:
+    """One uncovered call as a sentence: what it needs, the nearest engine and what of the call it misses."""
+    nearest = _nearest(entries, call)
+    if nearest is None:
+        return f"Needed: {call.describe(source)}."
+    entry, profile = nearest
+    return (f"Needed: {call.describe(source)}; the nearest engine, {entry.id} ({profile.label()}), misses: "
+            + "; ".join(profile.misses(call, source)) + ".")
+
+
+def explain(entries: Sequence[EngineEntry], needs: Sequence[str], calls: Sequence[UnetCall], family: Family,
+            checkpoint: str) -> str:
+    """The user-facing message for a job no engine covers: what is out, by how much, and what to build.
+
+    One paragraph of whole sentences: the WebUI shows an error as ``html.escape``d text in a ``<div
+    class='error'>`` with no ``white-space`` rule (modules/call_queue.py, style.css), where line breaks
+    vanish, and the API returns it as one string."""
+    parts = [f"No TensorRT engine for {checkpoint} covers this generation.", *needs]
     if entries:
-        lines.append("Engines for this checkpoint: " + "; ".join(f"{e.id} ({e.label()})" for e in entries) + ".")
+        parts.append("Engines for this checkpoint: " + "; ".join(f"{e.id}: {e.label()}" for e in entries) + ".")
     else:
-        lines.append("There is no engine for this checkpoint yet.")
-    lines.append(suggestion(calls, family))
-    return "\n".join(lines)
+        parts.append("There is no engine for this checkpoint yet.")
+    parts.append(suggestion(calls, family))
+    return " ".join(parts)
 
 
 def suggestion(calls: Sequence[UnetCall], family: Family) -> str:
@@ -79,7 +92,7 @@ def suggestion(calls: Sequence[UnetCall], family: Family) -> str:
     problems = needed.problems(family)
     if problems:
         return "No engine can cover this job: " + "; ".join(problems) + ". Use the PyTorch UNet for it."
-    return (f"Build a custom profile in the TensorRT tab: batch {needed.batch}, width {needed.width}, "
+    return (f"Build a custom profile in the TensorRT tab: batch size {needed.batch}, width {needed.width}, "
             f"height {needed.height}, tokens {needed.tokens}.")
 
 

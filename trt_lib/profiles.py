@@ -20,6 +20,7 @@ from .errors import ProfileError
 
 if TYPE_CHECKING:
     from .families import Family
+    from .job_shapes import CallSource
 
 PIXEL_GRID = 64
 """Image sides must be multiples of this (see the module docstring)."""
@@ -34,6 +35,9 @@ CONTEXT_PER_CHUNK = 77
 """... each of which becomes 77 context rows (start and end token added)."""
 
 DIMENSIONS = ("batch", "height", "width", "tokens")
+
+PROMPT, NEGATIVE = "prompt", "negative prompt"
+"""The two kinds of rows of a UNet call, as messages name them."""
 
 
 def context_len(tokens: int) -> int:
@@ -113,9 +117,27 @@ class UnetCall:
         batch, _, h, w = sample_shape
         return cls(int(batch), int(h), int(w), int(list(context_shape)[1]))
 
-    def __str__(self) -> str:
-        return (f"{self.batch} UNet rows (images x cond/uncond), {self.width}x{self.height} px, "
-                f"{self.context_len} context rows ({self.tokens} tokens)")
+    def describe(self, source: CallSource | None = None) -> str:
+        """The call in the user's terms: pass, size, batch size (images) and prompt tokens."""
+        if source is None:
+            return (f"{self.width}x{self.height} px, {rows_text(self.batch)}, prompt or negative prompt "
+                    f"of {self.tokens} tokens")
+        passes = " and ".join(sorted(source.passes))
+        return (f"{passes + ' ' if passes else ''}{self.width}x{self.height} px, batch size {source.images}, "
+                f"{prompts_text(source)} of {self.tokens} tokens")
+
+
+def rows_text(rows: int) -> str:
+    """Engine rows, explained for a user who thinks in images."""
+    return f"{rows} rows at once (a row per image for the prompt and another for the negative prompt)"
+
+
+def prompts_text(source: CallSource) -> str:
+    """"prompt", "negative prompt" or "prompt and negative prompt", with its AND parts."""
+    text = " and ".join(p for p in (PROMPT, NEGATIVE) if p in source.prompts)
+    if PROMPT in source.prompts and source.and_parts > 1:
+        text += f" ({source.and_parts} AND-joined parts)"
+    return text
 
 
 @dataclass(frozen=True)
@@ -197,26 +219,40 @@ class Profile:
             "context_len": tuple(context_len(v) for v in self.tokens.as_list()),
         }
 
-    def misses(self, call: UnetCall) -> list[str]:
-        """What of ``call`` lies outside this profile, each with by how much; empty when covered."""
+    def misses(self, call: UnetCall, source: CallSource | None = None) -> list[str]:
+        """What of ``call`` lies outside this profile, each with by how much, in the user's terms (batch size
+        in images, which prompt needs the tokens) where ``source`` says what of the job the call carries;
+        empty when covered."""
         found = []
-        checks = (
-            ("batch", call.batch, self.batch.min, 2 * self.batch.max, "rows (images, cond and uncond counted)"),
-            ("height", call.height, self.height.min, self.height.max, "px"),
-            ("width", call.width, self.width.min, self.width.max, "px"),
-            ("tokens", call.tokens, self.tokens.min, self.tokens.max, "tokens"),
-        )
-        for name, value, lo, hi, unit in checks:
-            if value > hi:
-                found.append(f"{name} {value} {unit} is over the engine's {lo}-{hi} by {value - hi}")
-            elif value < lo:
-                found.append(f"{name} {value} {unit} is under the engine's {lo}-{hi} by {lo - value}")
+        batch = self._batch_miss(call, source)
+        if batch:
+            found.append(batch)
+        for name, value, r in (("height", call.height, self.height), ("width", call.width, self.width)):
+            if not r.contains(value):
+                found.append(f"{name} {value} px is {_beyond(value, r, ' px')}")
+        if not self.tokens.contains(call.tokens):
+            who = f"the {prompts_text(source)}" if source else "the prompt or negative prompt"
+            found.append(f"{who} needs {call.tokens} tokens, {_beyond(call.tokens, self.tokens)}")
         for name, latent in (("height", call.latent_height), ("width", call.latent_width)):
             if latent % (PIXEL_GRID // LATENT_SCALE):
                 found.append(f"{name} {latent * LATENT_SCALE} px is off the {PIXEL_GRID} px grid engines need")
         if call.context_len % CONTEXT_PER_CHUNK:
-            found.append(f"context of {call.context_len} rows is not a multiple of {CONTEXT_PER_CHUNK}")
+            found.append(f"a context of {call.context_len} rows is not whole prompt chunks of {CONTEXT_PER_CHUNK}")
         return found
+
+    def _batch_miss(self, call: UnetCall, source: CallSource | None) -> str:
+        """The engine takes ``batch.min`` to ``2 * batch.max`` rows: say so in images where that is exact."""
+        lo, hi = self.batch.min, 2 * self.batch.max
+        if lo <= call.batch <= hi:
+            return ""
+        if source is not None and len(source.prompts) == 2 and source.and_parts == 1 and call.batch > hi:
+            return f"batch size {source.images} is {_beyond(source.images, self.batch)}"
+        if source is not None and len(source.prompts) == 1 and call.batch < lo:
+            return f"batch size {source.images} is {_beyond(source.images, self.batch)}"
+        sends = f"batch size {source.images} sends the {prompts_text(source)} as {call.batch} rows" if source \
+            else f"{rows_text(call.batch)} are sent"
+        return (f"{sends}, but the engine (batch size {self.batch}) takes {lo}-{hi} rows: two per image, "
+                "one for the prompt and one for the negative prompt")
 
     def covers(self, call: UnetCall) -> bool:
         return not self.misses(call)
@@ -226,6 +262,13 @@ class Profile:
         dims = self.engine_dims()
         return 1 + sum((hi - lo) * weight for (lo, _, hi), weight in
                        zip(dims.values(), (64, 1, 1, 1)))
+
+
+def _beyond(value: int, r: Range, unit: str = "") -> str:
+    """"256 px over the engine's maximum of 768 px" (or under its minimum)."""
+    if value > r.max:
+        return f"{value - r.max}{unit} over the engine's maximum of {r.max}{unit}"
+    return f"{r.min - value}{unit} under the engine's minimum of {r.min}{unit}"
 
 
 def _nearest(value: int, step: int) -> int:

@@ -15,7 +15,7 @@ import torch
 from .errors import NoProfileError
 from .families import Family
 from .lora_refit import LoraRefitter
-from .matching import choose, explain
+from .matching import choose, explain, need
 from .profiles import UnetCall
 from .runtime import EngineRunner
 from .store import EngineEntry
@@ -43,7 +43,8 @@ class UnetSession:
         """The loaded runner whose engine covers ``call`` (loading it, and unloading the oldest, if needed)."""
         choice = choose(self.entries, call)
         if choice is None:
-            raise NoProfileError(explain(self.entries, [call], [call], self.family, self.checkpoint))
+            needs = [need(self.entries, call)]
+            raise NoProfileError(explain(self.entries, needs, [call], self.family, self.checkpoint), needs)
         engine_id = choice.entry.id
         if engine_id in self._runners:
             self._runners.move_to_end(engine_id)

@@ -190,8 +190,10 @@ class Extension:
                                compute_capability=settings.compute_capability(),
                                loras=lora_bake.check_loras(loras or []), refit=refit, dtype=devices.dtype_unet)
         request.validate()
-        # refuse now, with the fix, if the backend is missing or there is nothing to build for (no GPU, no target)
-        get_backend(request.backend).build_target(request.compute_capability)
+        # refuse now, with the fix: the backend missing, nothing to build for (no GPU, no target), a bad release
+        backend = get_backend(request.backend)
+        backend.build_target(request.compute_capability)
+        backend.check_build(request.refit)
         store = self.store
 
         def run(job: Job) -> EngineEntry:

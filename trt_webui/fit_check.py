@@ -8,7 +8,7 @@ from typing import Any
 from modules import shared
 
 from trt_lib.errors import NoProfileError
-from trt_lib.job_shapes import JobSpec, Pass, unet_calls
+from trt_lib.job_shapes import JobSpec, Pass, call_sources, unet_calls
 from trt_lib.matching import plan
 from trt_lib.profiles import TOKENS_PER_CHUNK
 
@@ -52,7 +52,7 @@ def check_fit(q: FitQuestion) -> FitAnswer:
     cond, uncond = _chunks(q.prompt_tokens), _chunks(q.negative_tokens)
     passes = [Pass(q.width, q.height, cond, uncond)]
     if q.enable_hr:
-        passes.append(Pass(int(q.width * q.hr_scale), int(q.height * q.hr_scale), cond, uncond))
+        passes.append(Pass(int(q.width * q.hr_scale), int(q.height * q.hr_scale), cond, uncond, hires=True))
     opts = shared.opts
     spec = JobSpec(q.batch_size, tuple(passes), batch_cond_uncond=bool(opts.batch_cond_uncond),
                    pad_cond_uncond=bool(opts.pad_cond_uncond), pad_cond_uncond_v0=bool(opts.pad_cond_uncond_v0),
@@ -60,7 +60,7 @@ def check_fit(q: FitQuestion) -> FitAnswer:
     listing = EXT.listing()
     try:
         chosen = plan(EXT.engines_for(model.checkpoint, model.family, listing=listing), unet_calls(spec),
-                      model.family, model.title)
+                      model.family, model.title, call_sources(spec))
     except NoProfileError as e:
         unused = [f"- not used: {e.id}: {listing.problems[e.id]}" for e in listing.entries
                   if e.checkpoint == model.checkpoint and e.id in listing.problems]

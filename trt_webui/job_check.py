@@ -14,7 +14,7 @@ from typing import Any
 from modules import sd_unet, shared
 
 from trt_lib.errors import NoProfileError, TrtError
-from trt_lib.job_shapes import JobSpec, Pass, unet_calls
+from trt_lib.job_shapes import JobSpec, Pass, call_sources, unet_calls
 from trt_lib.matching import plan
 from trt_lib.profiles import TOKENS_PER_CHUNK, tokens_for_context
 
@@ -48,8 +48,9 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
         session = unet.session
         if session is None:  # activate() could not load the engines; it kept the reason
             raise unet.load_error()
-        calls = unet_calls(job_spec(p, c, uc))
-        plan(session.entries, calls, model.family, model.title)
+        spec = job_spec(p, c, uc)
+        calls = unet_calls(spec)
+        plan(session.entries, calls, model.family, model.title, call_sources(spec))
         session.preload(calls[0])  # an engine that cannot load here (no GPU, other GPU) is found before any step
         prompt_loras.before_sampling(p, session)
     except TrtError as e:
@@ -58,7 +59,7 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
 
 def reject(p: Any, unet: TrtUnet, error: TrtError) -> None:
     if settings.falls_back():
-        reason = str(error).splitlines()[1] if isinstance(error, NoProfileError) else str(error)
+        reason = error.needs[0] if isinstance(error, NoProfileError) else str(error)
         print(f"[TensorRT] using the PyTorch UNet for this job: {error}")
         p.extra_generation_params["TensorRT"] = f"PyTorch UNet used ({reason.lstrip('- ')})"
         setattr(p, FELL_BACK, True)
@@ -83,10 +84,10 @@ def job_spec(p: Any, c: Any, uc: Any) -> JobSpec:
         lengths = context_pairs(c, uc, steps)
     else:
         lengths = {(prompt_tokens(p), prompt_tokens(p, negative=True))}
-    sizes = [] if hires else [(p.width, p.height)]
+    sizes = [] if hires else [(p.width, p.height, False)]
     if hires or (getattr(p, "enable_hr", False) and not getattr(p, "is_img2img", False)):
-        sizes.append((p.hr_upscale_to_x, p.hr_upscale_to_y))
-    passes = tuple(Pass(w, h, cond, uncond) for w, h in sizes for cond, uncond in sorted(lengths))
+        sizes.append((p.hr_upscale_to_x, p.hr_upscale_to_y, True))
+    passes = tuple(Pass(w, h, cond, uncond, hr) for w, h, hr in sizes for cond, uncond in sorted(lengths))
     return JobSpec(
         batch_size=p.batch_size,
         passes=passes,

@@ -11,9 +11,12 @@ for a call no engine covers, raises the clear error or runs the PyTorch UNet, as
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable
 
 import torch
+from fastapi.exceptions import HTTPException
 from modules import devices, sd_unet, shared
 
 from trt_lib.errors import NoProfileError, TrtError
@@ -29,11 +32,33 @@ class CheckpointMismatchError(TrtError):
     status_code = 409
 
 
+class Rejection(HTTPException):
+    """Mixed into an expected rejection (HTTP 4xx) raised out of a generation. The WebUI's API prints a
+    traceback for every exception but an ``HTTPException`` (modules/api/api.py ``handle_exception``, v1.10.1
+    lines 174-180), ~180 lines for a job that was merely refused; so the rejection is one, and
+    :func:`for_api` prints the one line instead. Its text stays the message (no "422: …")."""
+
+    __str__ = Exception.__str__
+    __repr__ = Exception.__repr__
+
+
+@functools.cache
+def _rejection_class(cls: type[TrtError]) -> type[TrtError]:
+    """``cls`` and :class:`Rejection`, under ``cls``'s name (the API answers ``"error": type(e).__name__``)."""
+    return type(cls.__name__, (cls, Rejection), {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+
+
 def for_api(error: TrtError) -> TrtError:
-    """Make the WebUI's API answer with the error's status and message: its middleware reads
-    ``status_code`` and ``detail`` from the exception's instance ``vars``, so class attributes would give
-    HTTP 500 with an empty detail."""
-    error.status_code = error.status_code
+    """The error to raise out of a generation. The WebUI's API middleware answers with ``status_code`` and
+    ``detail`` read from the exception's instance ``vars`` (class attributes would give HTTP 500 with an
+    empty detail); an expected rejection (4xx) becomes a :class:`Rejection` and is printed here as one line."""
+    status = error.status_code
+    if status < 500 and not isinstance(error, Rejection):
+        rejection = _rejection_class(type(error)).__new__(_rejection_class(type(error)))
+        rejection.args, rejection.__dict__ = error.args, {**vars(error), "headers": None}
+        error = rejection
+        print(f"[TensorRT] generation stopped (HTTP {status}): {error}", file=sys.stderr)
+    error.status_code = status
     error.detail = str(error)
     return error
 
@@ -132,7 +157,7 @@ class TrtUnet(sd_unet.SdUnet):
         PyTorch UNet, which the fresh load put on the GPU, instead of engines built for another model."""
         unet = shared.sd_model.model.diffusion_model
         if next(unet.parameters()).device != x.device:
-            raise checkpoint_mismatch(self.option, loaded_model.checkpoint_name())
+            raise for_api(checkpoint_mismatch(self.option, loaded_model.checkpoint_name()))
         self._say(f"{loaded_model.checkpoint_name()} has no engine here; running its PyTorch UNet")
         return self._pytorch(x, timesteps, context, *args, **kwargs)
 

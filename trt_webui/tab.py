@@ -344,7 +344,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                     fhr, fsc = gr.Checkbox(False, label="hires fix"), gr.Number(2.0, label="upscale by")
                 with gr.Row():
                     ft = gr.Number(75, label="prompt tokens", precision=0)
-                    fn = gr.Number(75, label="negative tokens", precision=0)
+                    fn = gr.Number(75, label="negative prompt tokens", precision=0)
                 fit_button, fit_answer = gr.Button("Check"), gr.Markdown()
         gr.Markdown("### Engines")
         engines = gr.Dataframe(engine_rows, headers=ENGINE_COLUMNS, interactive=False, wrap=True)

@@ -33,8 +33,22 @@ def test_txt2img_with_the_engine_and_an_uncovered_job(client, webui):
                                                   "override_settings": {"sd_unet": "[TRT] sd15"}})
     body = bad.json()
     assert bad.status_code == 422 and body["error"] == "NoProfileError"
-    assert "width 192 px is over the engine's 64-128" in body["errors"] and body["detail"] == body["errors"]
+    assert "width 192 px is 64 px over the engine's maximum of 128" in body["errors"]
+    assert body["detail"] == body["errors"]
     assert webui.shared.opts.sd_unet == "Automatic"  # the override was put back
+
+
+@pytest.mark.catalogue("api")
+def test_an_expected_rejection_prints_one_line_not_a_traceback(client, webui, capsys):
+    """The stand-in's api_middleware and errors.report mirror the WebUI's: a traceback for all but an
+    HTTPException. A refused job (422) is one line on the console; the answer keeps its name and message."""
+    capsys.readouterr()
+    bad = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2, "width": 192})
+    body = bad.json()
+    assert bad.status_code == 422 and body["error"] == "NoProfileError" and body["errors"] == body["detail"]
+    assert body["errors"].startswith("No TensorRT engine for sd15") and "width 192 px" in body["errors"]
+    console = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert console == [f"[TensorRT] generation stopped (HTTP 422): {body['errors']}"]
 
 
 def test_fallback_through_the_api_reports_it_in_the_info(client, webui):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_tensorrt import fake_tensorrt
 
 SMALL = {"batch": [1, 1, 2], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 75]}
 
@@ -107,3 +108,15 @@ def test_engines_with_baked_loras_get_their_own_option_after_the_plain_one(webui
     assert webui.shared_items.sd_unet_items() == ["Automatic", "[TRT] a [LoRA film grain:0.8]", "None"]
     webui.sd_unet.apply_unet()
     assert webui.sd_unet.current_unet is None  # "Automatic" never bakes a LoRA into every generation
+
+
+@pytest.mark.catalogue("backends")
+def test_the_extension_refuses_a_refittable_build_on_11_3_before_the_export(webui, monkeypatch):
+    trt, calls = fake_tensorrt("11.3.0.5")
+    monkeypatch.setattr(webui.module("trt_lib.backends.trt10").Backend, "module", lambda self: trt)
+    webui.add_checkpoint("sd15.safetensors", "sd1")
+    webui.load("sd15.safetensors")
+    profiles = [webui.module("trt_lib.families").get_family("sd1").preset("static-512").profile]
+    with pytest.raises(webui.module("trt_lib.errors").BuildTargetError, match="11.3.0.5 can build refittable"):
+        webui.EXT.submit_build(profiles, refit=True)
+    assert webui.EXT.jobs.jobs() == [] and calls == []

@@ -125,9 +125,24 @@ def test_uncovered_job_stops_before_the_first_step_naming_what_is_missing(webui,
     with pytest.raises(Exception) as caught:
         webui.txt2img(prompt="a cat", steps=2, width=512, height=512, batch_size=2)
     message = str(caught.value)
-    assert "batch 4 rows" in message and "is over the engine's 1-2 by 2" in message
+    assert "batch size 2 is 1 over the engine's maximum of 1" in message and "rows" not in message
     assert "(dynamic-512-768)" in message  # the preset that covers the job
     assert runs == []  # no engine was even loaded: nothing ran
+
+
+@pytest.mark.catalogue("sampling")
+def test_a_refused_ui_job_shows_one_readable_paragraph(webui, capsys):
+    """The UI shows ``type: message`` escaped in a div whose line breaks collapse: the message is one
+    paragraph of sentences. The WebUI reports every failed UI job with its traceback (call_queue's
+    ``errors.report``); the extension's own line comes first and says it all."""
+    webui.with_engine("sd15.safetensors", "sd1", {"batch": 1, "height": 512, "width": 512, "tokens": 75})
+    ui_txt2img = webui.call_queue.wrap_gradio_call_no_job(lambda **job: [webui.txt2img(**job)])
+    *_, html_box = ui_txt2img(prompt="a cat", negative_prompt=LONG_PROMPT, steps=2, width=512, height=512)
+    assert html_box.startswith("<div class='error'>NoProfileError: No TensorRT engine for sd15")
+    assert "\n" not in html_box
+    assert "the negative prompt needs 150 tokens, 75 over the engine&#x27;s maximum of 75." in html_box
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("[TensorRT] generation stopped (HTTP 422): No TensorRT engine for sd15")
 
 
 @pytest.mark.catalogue("sampling")
@@ -215,7 +230,7 @@ def test_an_inner_job_of_another_extension_is_checked_at_its_first_call(sd1, mon
     calls = record_calls(sd1, monkeypatch)
     crop = torch.randn(1, 4, 24, 24)  # 192x192 px: over the engine's 128 px
     if setting == "raise":
-        with pytest.raises(Exception, match="width 192 px is over the engine's 64-128 by 64") as caught:
+        with pytest.raises(Exception, match="width 192 px is 64 px over the engine's maximum of 128 px") as caught:
             sd1.img2img(inner=True, prompt="a face", steps=2, init_latent=crop, denoising_strength=0.5)
         assert caught.value.status_code == 422 and calls == []
         return

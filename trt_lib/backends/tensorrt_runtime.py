@@ -36,7 +36,9 @@ class TensorRTRunner(EngineRunner):
         self.runtime_name = backend.label
         if gpu_capability() is None:
             raise EngineRunError(f"{backend.label} engines run on an NVIDIA GPU with CUDA, and PyTorch sees none "
-                                 f"here; {self.path.name} cannot be loaded")
+                                 f"here, so {self.path.name} cannot be loaded. Choose None for SD Unet to generate "
+                                 "with the PyTorch UNet, or set Settings → TensorRT → \"When no engine covers a "
+                                 "generation\" to fallback.")
         trt = self._trt = backend.module()
         self._label = backend.label
         self._logger = logger_class(trt)(backend.label)
@@ -170,10 +172,13 @@ class TensorRTRunner(EngineRunner):
         self._engine = None
 
 
+_DTYPES = {"HALF": torch.float16, "FLOAT": torch.float32, "BF16": torch.bfloat16, "INT32": torch.int32,
+           "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8}
+
+
 def _dtype_pairs(trt: Any) -> list[tuple[Any, torch.dtype]]:
-    return [(trt.DataType.HALF, torch.float16), (trt.DataType.FLOAT, torch.float32),
-            (trt.DataType.BF16, torch.bfloat16), (trt.DataType.INT32, torch.int32),
-            (trt.DataType.INT64, torch.int64), (trt.DataType.BOOL, torch.bool), (trt.DataType.UINT8, torch.uint8)]
+    """The module's ``DataType`` members we map, read by name: a release without one still loads engines."""
+    return [(getattr(trt.DataType, name), ours) for name, ours in _DTYPES.items() if hasattr(trt.DataType, name)]
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:

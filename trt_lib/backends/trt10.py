@@ -1,7 +1,9 @@
-"""ONNX → engine with the TensorRT 10 API, one implementation for TensorRT and TensorRT for RTX.
+"""ONNX → engine with the TensorRT 10 API, one implementation for TensorRT (10 and 11) and TensorRT for RTX.
 
-TensorRT for RTX keeps TensorRT 10's Python API, so a :class:`Backend` differs only in its module name and
-in what that module offers (a target compute capability, a timing cache, a runtime config).
+TensorRT 11 dropped weak typing and implicit-batch names and renumbered enums: every call here exists in
+both, and flags are read by name. TensorRT for RTX keeps TensorRT 10's Python API, so a :class:`Backend`
+differs only in its module name and in what that module offers (a target compute capability, a timing
+cache, a runtime config).
 
 polygraphy is not used for building: it picks ``tensorrt`` or ``tensorrt_rtx`` once per process from
 ``POLYGRAPHY_USE_TENSORRT_RTX`` at import, while the WebUI switches backends between builds from settings;
@@ -118,6 +120,7 @@ class Backend:
         """
         from .build_process import build_in_child
 
+        self._check_release(self.module(), refit)
         if not profiles:
             raise BuildError("at least one optimisation profile is needed")
         target = self.build_target(compute_capability)  # refused here, before a process is started
@@ -138,7 +141,7 @@ class Backend:
         report(f"parsing {onnx_path.name}", 0.0)
         logger = logger_class(trt)(self.label)
         builder = trt.Builder(logger)
-        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        network = builder.create_network(network_flags(trt))
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):  # by path, so external weight files beside it are read
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "; ".join(logger.errors)
@@ -193,6 +196,22 @@ class Backend:
         return BuildReport(backend=self.name, backend_version=str(trt.__version__), compute_capabilities=(target,),
                            seconds=time.perf_counter() - started, engine_bytes=engine_path.stat().st_size,
                            refittable=refit, weight_stripped=strip_weights)
+
+    def check_build(self, refit: bool) -> None:
+        """Refuse, before any export, a build this backend cannot do well here: its module missing or broken,
+        or a release whose refittable engines are documented to compute wrong results."""
+        self._check_release(self.module(), refit)
+
+    def _check_release(self, trt: ModuleType, refit: bool) -> None:
+        """Refuse refittable builds with a TensorRT release documented to compute them wrongly."""
+        version = str(trt.__version__)
+        if refit and self.name == "tensorrt" and version.split(".")[:2] in BAD_REFIT_RELEASES:
+            raise BuildTargetError(
+                f"{self.label} {version} can build refittable engines that compute wrong results (its release "
+                "notes: BuilderFlag.REFIT \"may produce incorrect numerical output\", a GEMM bias can be "
+                "dropped). Build without \"Switch prompt LoRAs without a rebuild\", or install another "
+                f"release in the WebUI's Python: python -m pip {requirements(self.name, cuda_flavour())[-1].pip}, "
+                "then restart the WebUI.")
 
     def _target(self, trt: ModuleType, requested: str | None) -> tuple[str, Any]:
         """The compute capability to build for ("8.9") and the module's enum for it (None: the GPU it runs on)."""
@@ -249,6 +268,19 @@ class Backend:
         engine_path = Path(engine_path)
         return TensorRTRunner(self, engine_path, input_names, output_name, profiles, onnx_path=onnx_path,
                               cache_dir=Path(cache_dir) if cache_dir else engine_path.parent / "cache")
+
+
+BAD_REFIT_RELEASES = (["11", "3"],)
+"""TensorRT releases whose documentation warns that REFIT builds may compute wrong results (11.3;
+REFIT_IDENTICAL is not affected). install_plan keeps them out of what install.py installs."""
+
+
+def network_flags(trt: ModuleType) -> int:
+    """``create_network``'s flags: strongly typed (the export fixes every dtype). TensorRT 10 needs the flag;
+    11 is always strongly typed and keeps the flag only for compatibility (ignored), and removed
+    EXPLICIT_BATCH and renumbered the enum, so the flag is read by name and left out where it is gone."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
 
 
 def gpu_capability() -> str | None:
