@@ -118,7 +118,7 @@ def test_a_tensorrt_install_that_cannot_reach_nvidias_index_says_why_and_what_to
                           "could not be reached from this machine.")
     assert "error: metadata-generation-failed" in why.splitlines()  # pip's lowercase error lines are kept
     assert "Allow https://pypi.nvidia.com/ on this machine" in why
-    assert 'python -m pip install "tensorrt-cu12>=10.0" --extra-index-url https://pypi.nvidia.com/' in why
+    assert 'python -m pip install "tensorrt-cu12>=10.0,!=11.3.*" --extra-index-url https://pypi.nvidia.com/' in why
     assert "choose TensorRT for RTX (tensorrt_rtx) in Settings → TensorRT" in why
     assert "See above for details" not in why
 

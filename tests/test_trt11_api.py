@@ -26,11 +26,15 @@ def build(monkeypatch, tmp_path):
     """Build with the "tensorrt" backend on a fake module, as if on a GPU of compute capability 8.9."""
     monkeypatch.setattr(trt10, "gpu_capability", lambda: "8.9")
 
-    def run(trt: types.ModuleType, **options):
+    def run(trt: types.ModuleType, refit: bool = False, strip_weights: bool = False):
+        # ``build`` runs ``build_here`` in a child process, which a monkeypatched module does not reach: the
+        # checks ``build`` makes first, then the build itself in this process
         monkeypatch.setattr(trt10.Backend, "module", lambda self: trt)
-        engine = tmp_path / "e.engine"
-        report = get_backend("tensorrt").build(tmp_path / "unet.onnx", engine, [PROFILE], cache_dir=tmp_path,
-                                              **options)
+        backend, engine = get_backend("tensorrt"), tmp_path / "e.engine"
+        backend.check_build(refit)
+        report = backend.build_here(tmp_path / "unet.onnx", engine, [PROFILE], target=backend.build_target(None),
+                                    refit=refit, strip_weights=strip_weights, progress=lambda stage, f: None,
+                                    cache_dir=tmp_path)
         return report, engine
 
     return run

@@ -113,7 +113,9 @@ def test_engines_with_baked_loras_get_their_own_option_after_the_plain_one(webui
 @pytest.mark.catalogue("backends")
 def test_the_extension_refuses_a_refittable_build_on_11_3_before_the_export(webui, monkeypatch):
     trt, calls = fake_tensorrt("11.3.0.5")
-    monkeypatch.setattr(webui.module("trt_lib.backends.trt10").Backend, "module", lambda self: trt)
+    trt10 = webui.module("trt_lib.backends.trt10")
+    monkeypatch.setattr(trt10.Backend, "module", lambda self: trt)
+    monkeypatch.setattr(trt10, "gpu_capability", lambda: "8.9")  # TensorRT builds for the GPU it runs on
     webui.add_checkpoint("sd15.safetensors", "sd1")
     webui.load("sd15.safetensors")
     profiles = [webui.module("trt_lib.families").get_family("sd1").preset("static-512").profile]

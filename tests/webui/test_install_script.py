@@ -54,7 +54,7 @@ def run_installer(tmp_path: Path, extension: Path, fail: str, say_why: str = NO_
 def test_missing_backend_is_installed(tmp_path, extension):
     pip_calls, result = run_installer(tmp_path, extension, fail="never")
     assert result.returncode == 0, result.stderr
-    assert any("install tensorrt-cu12>=10.0 --prefer-binary" in c for c in pip_calls)  # not installed here
+    assert any("install tensorrt-cu12>=10.0,!=11.3.* --prefer-binary" in c for c in pip_calls)  # not installed here
     assert not (tmp_path / "=10.0").exists()  # the specifier reached pip, not a shell redirection
     assert not any("onnx" in c.split() for c in pip_calls)  # present packages are left alone
     status = json.loads((extension / "install-status.json").read_text())
