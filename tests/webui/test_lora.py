@@ -23,7 +23,7 @@ _spec = importlib.util.spec_from_file_location("lora_files", Path(__file__).reso
 lora_files = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(lora_files)
 _LORA_MODULES = ("networks", "network", "network_lora", "network_hada", "lyco_helpers", "extra_networks_lora",
-                 "lora_script")
+                 "lora_script", "lora_patches")
 SMALL = {"batch": [1, 1, 4], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 150]}
 
 
@@ -42,10 +42,11 @@ def lora_webui(webui):
             webui.lora_tensors[name] = tensors
     sys.path.insert(0, str(LORA_STUB))
     try:
-        undo = importlib.import_module("lora_script").install()
+        lora_script = importlib.import_module("lora_script")  # the WebUI imports it at start: layers patched
+        lora_script.before_ui()  # as script_callbacks.before_ui_callback() does before the UI is made
         webui.networks = sys.modules["networks"]
         yield webui
-        undo()
+        lora_script.unload()  # as on_script_unloaded does
     finally:
         sys.path.remove(str(LORA_STUB))
         for name in _LORA_MODULES:

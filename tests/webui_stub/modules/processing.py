@@ -59,6 +59,9 @@ class StableDiffusionProcessing:
         self.extra_network_data: dict = {}
         self.comments: dict[str, int] = {}
 
+    def comment(self, text: str) -> None:
+        self.comments[text] = 1
+
     def setup_prompts(self) -> None:
         n = self.batch_size * self.n_iter
         self.all_prompts = list(self.prompt) if isinstance(self.prompt, list) else n * [self.prompt]
