@@ -151,8 +151,7 @@ class Extension:
                 if loaded_model.checkpoint_name() != model.checkpoint:
                     raise TrtError(f"the checkpoint changed to {loaded_model.checkpoint_name()} before the build "
                                    f"of {model.checkpoint} started; build again")
-                with loaded_model.pytorch_unet() as unet, \
-                        lora_bake.baked(unet, request.loras) if request.loras else contextlib.nullcontext():
+                with loaded_model.pytorch_unet() as unet, lora_bake.exported(unet, request.loras):
                     onnx_path = export_stage(unet, request, store, progress=job.report, cancel=job.cancel,
                                              device=next(unet.parameters()).device)
             gpu = get_backend(request.backend).needs_gpu_to_build(request.refit)

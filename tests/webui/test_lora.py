@@ -3,54 +3,21 @@ export through the WebUI's merge and restored bit for bit, and prompt LoRAs refi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests import lora_files
 from trt_lib.export import export_onnx
 from trt_lib.families import get_family
 from trt_lib.onnx_runtime import OnnxRuntimeRunner
 from trt_lib.profiles import Profile
 from trt_lib.tiny_unets import make_unet
 
-LORA_STUB = Path(__file__).resolve().parent.parent / "webui_stub" / "lora"
-_spec = importlib.util.spec_from_file_location("lora_files", Path(__file__).resolve().parent.parent / "lora_files.py")
-lora_files = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lora_files)
-_LORA_MODULES = ("networks", "network", "network_lora", "network_hada", "lyco_helpers", "extra_networks_lora",
-                 "lora_script", "lora_patches")
 SMALL = {"batch": [1, 1, 4], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 150]}
-
-
-@pytest.fixture
-def lora_webui(webui):
-    """The stand-in with the built-in Lora extension loaded and LoRA files (made for the seed-0 UNets) on disk."""
-    folder = Path(webui.paths.models_path) / "Lora"
-    for family in ("sd1", "sdxl"):
-        unet = make_unet(family)
-        names = lora_files.layer_names(unet)
-        webui.lora_tensors = getattr(webui, "lora_tensors", {})
-        for name, tensors in {f"{family}_a": lora_files.make_lora(unet, names[:2], seed=1),
-                              f"{family}_b": lora_files.make_lora(unet, names[1:], seed=2),
-                              f"{family}_loha": lora_files.make_lora(unet, names, seed=3, loha=True)}.items():
-            lora_files.write(folder, name, tensors)
-            webui.lora_tensors[name] = tensors
-    sys.path.insert(0, str(LORA_STUB))
-    try:
-        lora_script = importlib.import_module("lora_script")  # the WebUI imports it at start: layers patched
-        lora_script.before_ui()  # as script_callbacks.before_ui_callback() does before the UI is made
-        webui.networks = sys.modules["networks"]
-        yield webui
-        lora_script.unload()  # as on_script_unloaded does
-    finally:
-        sys.path.remove(str(LORA_STUB))
-        for name in _LORA_MODULES:
-            sys.modules.pop(name, None)
 
 
 def parity(unet_onnx: Path, family: str, reference: torch.nn.Module) -> float:
@@ -71,7 +38,7 @@ def test_bake_matches_the_hand_merge_and_restores_bit_for_bit(lora_webui, tmp_pa
     bake = webui.module("trt_webui.lora_bake")
     unet = webui.unet()
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    with bake.baked(unet, [{"name": lora, "weight": 0.8}]) as info:
+    with bake.exported(unet, [{"name": lora, "weight": 0.8}]) as info:
         assert len(info.layers) == (2 if lora.endswith("_a") else 3)
         export_onnx(unet, get_family(family), tmp_path / "unet.onnx", dtype=torch.float32)
     after = unet.state_dict()
@@ -92,7 +59,7 @@ def test_a_failed_restore_refuses_the_engine(lora_webui, monkeypatch):
     bake = webui.module("trt_webui.lora_bake")
     unet = webui.unet()
     with pytest.raises(bake.LoraRestoreError, match="1 tensors differ.*not recorded"):
-        with bake.baked(unet, [{"name": "sd1_a", "weight": 1.0}]):
+        with bake.exported(unet, [{"name": "sd1_a", "weight": 1.0}]):
             unet.conv_in.network_layer_name = "not merged"  # a layer changed behind the backups' back
             with torch.no_grad():
                 unet.conv_in.bias.add_(1.0)
