@@ -13,7 +13,7 @@ from modules import call_queue, devices, sd_unet, shared
 
 from trt_lib.backends import get_backend
 from trt_lib.backends.trt10 import gpu_capability
-from trt_lib.errors import BackendUnavailableError, TrtError
+from trt_lib.errors import BackendUnavailableError, BuildTargetError, TrtError
 from trt_lib.families import Family, get_family
 from trt_lib.jobs import Job, JobQueue
 from trt_lib.pipeline import BuildRequest, build_stage, export_stage
@@ -143,7 +143,10 @@ class Extension:
                                compute_capability=settings.compute_capability(),
                                loras=lora_bake.check_loras(loras or []), refit=refit, dtype=devices.dtype_unet)
         request.validate()
-        get_backend(request.backend).version()  # refuse now, with the fix, if the backend is missing
+        backend = get_backend(request.backend)
+        backend.version()  # refuse now, with the fix, if the backend is missing
+        if refit and (problem := backend.refit_build_problem()):
+            raise BuildTargetError(problem)  # before the export, not at the end of the build
         store = self.store
 
         def run(job: Job) -> EngineEntry:

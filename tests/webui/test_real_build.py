@@ -141,3 +141,14 @@ def test_a_build_cancelled_through_the_api_leaves_no_engine(client, webui, monke
     job_id = client.post("/tensorrt/v1/builds", json={"preset": "static-512"}).json()["job_id"]
     assert webui.EXT.jobs.wait(job_id, timeout=120).state == "done"
     assert len(webui.EXT.store.entries()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU builds refittable engines")
+def test_a_refit_build_without_a_gpu_is_refused_before_the_export(client, webui):
+    """TensorRT for RTX 1.7 builds refittable engines only with a GPU: the request is refused at once, what to
+    do first, instead of failing at the end of the build with a Myelin error."""
+    r = client.post("/tensorrt/v1/builds", json={"preset": "static-512", "refit": True})
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and detail.startswith('Build without "Switch prompt LoRAs without a rebuild"')
+    assert "need a CUDA GPU while building with TensorRT for RTX" in detail
+    assert not webui.EXT.jobs.jobs() and store_files(webui) == []
