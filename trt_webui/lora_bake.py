@@ -10,6 +10,7 @@ engine be recorded otherwise.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,8 +30,18 @@ TEXT_ENCODER_NOTE = ("Only the UNet part of a LoRA goes into the engine; its tex
                      "through the WebUI when the LoRA is also in the prompt.")
 
 
+WEIGHT_LIMIT = 10.0
+"""Largest LoRA weight a bake takes (either sign): far beyond any useful weight, and well inside fp16."""
+WEIGHTS = f"-{WEIGHT_LIMIT:g}..{WEIGHT_LIMIT:g}, not 0"
+"""The accepted weights, as the tab and the API state them."""
+
+
+class LoraInputError(LoraError):
+    """Bad LoRA input for a bake (weight, name, a LoRA twice); 422 like every LoRA that cannot be used."""
+
+
 class LoraNotFoundError(LoraError):
-    status_code = 404
+    """No LoRA of that name in the WebUI's list (422, as other bad LoRA input)."""
 
 
 class LoraUnavailableError(TrtError):
@@ -71,9 +82,28 @@ def available_names() -> list[str]:
 
 
 def check_loras(loras: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``[{"name", "weight"}]`` normalised; :class:`LoraNotFoundError` listing the available LoRAs for an
-    unknown name (the list is re-read from disk first, as the WebUI does)."""
-    checked = [{"name": str(lo["name"]), "weight": float(lo.get("weight", 1.0))} for lo in loras]
+    """``[{"name", "weight"}]`` normalised, each LoRA once with a weight in ``-WEIGHT_LIMIT..WEIGHT_LIMIT``
+    other than 0 (:class:`LoraInputError` naming every problem); :class:`LoraNotFoundError` listing the
+    available LoRAs for an unknown name (the list is re-read from disk first, as the WebUI does)."""
+    checked, problems = [], []
+    for lo in loras:
+        name, weight = str(lo.get("name", "")).strip(), lo.get("weight", 1.0)
+        try:
+            weight = float(weight)
+        except (TypeError, ValueError):
+            problems.append(f"LoRA {name!r}: weight {weight!r} is not a number")
+            continue
+        if not name:
+            problems.append("a LoRA without a name")
+        elif not (math.isfinite(weight) and 0 < abs(weight) <= WEIGHT_LIMIT):
+            problems.append(f"LoRA {name!r}: weight {weight:g} is not in {WEIGHTS}"
+                            + (" (0 leaves the UNet as it is: remove the LoRA instead)" if weight == 0 else ""))
+        elif any(c["name"] == name for c in checked):
+            problems.append(f"LoRA {name!r} is listed twice: list it once, with the sum of its weights")
+        else:
+            checked.append({"name": name, "weight": weight})
+    if problems:
+        raise LoraInputError("; ".join(problems))
     if not checked:
         return checked
     net = networks()

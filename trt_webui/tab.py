@@ -170,7 +170,8 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                                        for v, part in zip(defaults[dim], ("min", "opt", "max"))]
                 check = gr.Markdown(elem_id="trt_profile_check")
                 with gr.Row():
-                    loras = gr.Textbox(label="LoRAs to bake into the engine (name:weight, comma-separated)",
+                    loras = gr.Textbox(label="LoRAs to bake into the engine (name:weight, comma-separated; "
+                                       f"weights {lora_bake.WEIGHTS})",
                                        elem_id="trt_loras", info=lora_bake.TEXT_ENCODER_NOTE, scale=3)
                     lora_pick = gr.Dropdown(lora_bake.available_names(), label="Add a LoRA", elem_id="trt_lora_pick",
                                             scale=1)

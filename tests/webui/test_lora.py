@@ -75,7 +75,44 @@ def test_unknown_lora_is_refused_before_queueing_with_the_available_ones(lora_we
     available = "available: sd1_a, sd1_b, sd1_loha, sdxl_a, sdxl_b, sdxl_loha"
     with pytest.raises(bake.LoraNotFoundError, match=re.escape(f"unknown LoRA {name!r}; {available}")) as e:
         webui.EXT.submit_build([Profile.from_dict(SMALL)], [{"name": name, "weight": 1}])
-    assert e.value.status_code == 404 and not webui.EXT.jobs.jobs()
+    assert e.value.status_code == 422 and not webui.EXT.jobs.jobs()
+
+
+BAD_LORAS = {  # input -> what the refusal says
+    "weight far beyond fp16 and fp32": ([{"name": "sd1_a", "weight": 1e39}],
+                                        "'sd1_a': weight 1e+39 is not in -10..10, not 0"),
+    "infinite weight": ([{"name": "sd1_a", "weight": float("inf")}], "'sd1_a': weight inf is not in"),
+    "NaN weight": ([{"name": "sd1_a", "weight": float("nan")}], "'sd1_a': weight nan is not in"),
+    "weight 0": ([{"name": "sd1_a", "weight": 0}], "weight 0 is not in -10..10, not 0 (0 leaves the UNet as it is"),
+    "just over the limit": ([{"name": "sd1_a", "weight": -10.01}], "weight -10.01 is not in"),
+    "a weight that is no number": ([{"name": "sd1_a", "weight": "strong"}], "'sd1_a': weight 'strong' is not a number"),
+    "the same LoRA twice": ([{"name": "sd1_a", "weight": 0.5}, {"name": "sd1_a", "weight": 0.3}],
+                            "LoRA 'sd1_a' is listed twice: list it once, with the sum of its weights"),
+    "no name": ([{"name": " ", "weight": 1}], "a LoRA without a name"),
+    "every problem at once": ([{"name": "sd1_a", "weight": 0}, {"name": "sd1_b", "weight": 20}],
+                              "'sd1_a': weight 0 is not in -10..10, not 0 (0 leaves the UNet as it is: remove the "
+                              "LoRA instead); LoRA 'sd1_b': weight 20 is not in"),
+    "unknown and bad weight": ([{"name": "nope", "weight": 1e39}], "'nope': weight 1e+39 is not in"),
+}
+
+
+@pytest.mark.catalogue("api")
+@pytest.mark.parametrize("case", BAD_LORAS)
+def test_bad_lora_input_is_refused_before_queueing_with_422(lora_webui, case):
+    webui = lora_webui
+    webui.add_checkpoint("sd1.safetensors", "sd1")
+    webui.load("sd1.safetensors")
+    loras, says = BAD_LORAS[case]
+    bake = webui.module("trt_webui.lora_bake")
+    with pytest.raises(bake.LoraError, match=re.escape(says)) as e:
+        webui.EXT.submit_build([Profile.from_dict(SMALL)], loras)
+    assert e.value.status_code == 422 and not webui.EXT.jobs.jobs()
+
+
+@pytest.mark.parametrize("weight", [-10, -0.01, 0.01, 10, "0.5"])
+def test_weights_in_the_stated_range_are_taken(lora_webui, weight):
+    bake = lora_webui.module("trt_webui.lora_bake")
+    assert bake.check_loras([{"name": " sd1_a ", "weight": weight}]) == [{"name": "sd1_a", "weight": float(weight)}]
 
 
 def engine(webui, *, refittable: bool):
