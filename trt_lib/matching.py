@@ -47,8 +47,10 @@ def plan(entries: Sequence[EngineEntry], calls: Sequence[UnetCall], family: Fami
 
 def explain(entries: Sequence[EngineEntry], uncovered: Sequence[UnetCall], calls: Sequence[UnetCall],
             family: Family, checkpoint: str) -> str:
-    """The user-facing message for a job no engine covers: what is out, by how much, and what to build."""
-    lines = [f"No TensorRT engine for {checkpoint} covers this generation."]
+    """The user-facing message for a job no engine covers: what is out, by how much, and what to build
+    (engines with baked LoRAs are answered with a bake of the same LoRAs: no other engine can stand in)."""
+    bake = entries[0].lora_label if entries and len({e.lora_label for e in entries}) == 1 else ""
+    lines = [f"No TensorRT engine for {checkpoint}{f' with LoRA {bake}' if bake else ''} covers this generation."]
     for call in uncovered:
         nearest = _nearest(entries, call)
         if nearest is None:
@@ -61,12 +63,14 @@ def explain(entries: Sequence[EngineEntry], uncovered: Sequence[UnetCall], calls
         lines.append("Engines for this checkpoint: " + "; ".join(f"{e.id} ({e.label()})" for e in entries) + ".")
     else:
         lines.append("There is no engine for this checkpoint yet.")
-    lines.append(suggestion(calls, family))
+    lines.append(suggestion(calls, family, bake))
     return "\n".join(lines)
 
 
-def suggestion(calls: Sequence[UnetCall], family: Family) -> str:
-    """Name a preset that covers every call, or the custom profile to build."""
+def suggestion(calls: Sequence[UnetCall], family: Family, bake: str = "") -> str:
+    """Name a preset that covers every call, or the custom profile to build (with the LoRAs ``bake`` baked in,
+    when given)."""
+    tab = f"in the TensorRT tab with \"{bake}\" in its LoRA box" if bake else "in the TensorRT tab"
     off_grid = [c for c in calls if c.latent_height % (PIXEL_GRID // 8) or c.latent_width % (PIXEL_GRID // 8)]
     if off_grid:
         c = off_grid[0]
@@ -74,12 +78,12 @@ def suggestion(calls: Sequence[UnetCall], family: Family) -> str:
                 f"upscale factor) that gives multiples of {PIXEL_GRID}, or use the PyTorch UNet for this job.")
     for preset in family.presets:
         if all(preset.profile.covers(c) for c in calls):
-            return f"Build the preset \"{preset.label}\" ({preset.name}) in the TensorRT tab."
+            return f"Build the preset \"{preset.label}\" ({preset.name}) {tab}."
     needed = covering_profile(calls)
     problems = needed.problems(family)
     if problems:
         return "No engine can cover this job: " + "; ".join(problems) + ". Use the PyTorch UNet for it."
-    return (f"Build a custom profile in the TensorRT tab: batch {needed.batch}, width {needed.width}, "
+    return (f"Build a custom profile {tab}: batch {needed.batch}, width {needed.width}, "
             f"height {needed.height}, tokens {needed.tokens}.")
 
 

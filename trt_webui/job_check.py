@@ -15,6 +15,7 @@ from modules import sd_unet, shared
 
 from trt_lib.errors import NoProfileError, TrtError
 from trt_lib.job_shapes import JobSpec, Pass, unet_calls
+from trt_lib.lora_refit import describe, key_of_entries
 from trt_lib.matching import plan
 from trt_lib.profiles import TOKENS_PER_CHUNK, tokens_for_context
 
@@ -59,12 +60,27 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
 def reject(p: Any, unet: TrtUnet, error: TrtError) -> None:
     if settings.falls_back():
         reason = str(error).splitlines()[1] if isinstance(error, NoProfileError) else str(error)
-        print(f"[TensorRT] using the PyTorch UNet for this job: {error}")
-        p.extra_generation_params["TensorRT"] = f"PyTorch UNet used ({reason.lstrip('- ')})"
+        baked = baked_for_pytorch(unet)
+        print(f"[TensorRT] using the PyTorch UNet for this job{baked}: {error}")
+        p.extra_generation_params["TensorRT"] = f"PyTorch UNet used ({reason.lstrip('- ')}){baked}"
         setattr(p, FELL_BACK, True)
         sd_unet.apply_unet("None")
     else:
         unet.pending = error
+
+
+def baked_for_pytorch(unet: TrtUnet) -> str:
+    """The engine's baked LoRAs go to the PyTorch UNet that runs the job instead (through the WebUI's Lora
+    code); what the infotext and console say about them, "" for an engine without."""
+    if not unet.option.lora_label:
+        return ""
+    try:
+        if unet.session is None:
+            raise TrtError("its engines did not load")
+        added = prompt_loras.add_baked(key_of_entries(unet.session.entries[0].loras))
+    except TrtError as e:
+        return f", without the engine's baked LoRA {unet.option.lora_label} ({e})"
+    return f", with the engine's baked LoRA {describe(added)} applied to it" if added else ""
 
 
 def after_job(p: Any) -> None:

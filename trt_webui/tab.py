@@ -104,6 +104,12 @@ def add_lora(text: str, name: str | None) -> tuple[str, None]:
     return ", ".join(filter(None, [(text or "").strip(" ,"), f"{name}:1"])), None
 
 
+def lora_choices() -> dict:
+    """The LoRA picker's list, re-read from the WebUI (LoRAs added since the start appear) when the tab is
+    opened or the picker focused."""
+    return gr.update(choices=lora_bake.available_names())
+
+
 def build(preset_label: str, lora_text: str, refit: bool, *values: Any,
           progress: gr.Progress = gr.Progress()) -> tuple[str, str, list]:  # noqa: B008
     try:
@@ -176,7 +182,9 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                     lora_pick = gr.Dropdown(lora_bake.available_names(), label="Add a LoRA", elem_id="trt_lora_pick",
                                             scale=1)
                 lora_pick.change(add_lora, [loras, lora_pick], [loras, lora_pick])
-                lora_pick.focus(lambda: gr.update(choices=lora_bake.available_names()), None, lora_pick)
+                lora_pick.focus(lora_choices, None, lora_pick)
+                lora_refresh = gr.Button(visible=False, elem_id="trt_lora_refresh")  # trt.js: tab opened
+                lora_refresh.click(lora_choices, None, lora_pick)
                 refit = gr.Checkbox(False, label="Switch prompt LoRAs without a rebuild (refittable engine)",
                                     elem_id="trt_refit", info="Prompt <lora:name:weight> then reaches the UNet by "
                                     "refitting the engine. Refittable engines run a little slower, and TensorRT "

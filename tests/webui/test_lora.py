@@ -184,6 +184,14 @@ def test_the_tab_picks_loras_from_the_webuis_list(lora_webui):
     assert tab.parse_loras("sd1_a:0.5, sd1_b:1") == [{"name": "sd1_a", "weight": 0.5}, {"name": "sd1_b", "weight": 1}]
     ((blocks, title, _),) = tab.on_ui_tabs()
     assert title == "TensorRT"
+    # a LoRA added after the UI was made is offered when the tab is opened: trt.js clicks the hidden button
+    lora_files.write(Path(lora_webui.paths.models_path) / "Lora", "added_later", lora_webui.lora_tensors["sd1_a"])
+    refresh = next(i for i, block in blocks.blocks.items() if block.elem_id == "trt_lora_refresh")
+    on_open = next(blocks.fns[i].fn for i, d in enumerate(blocks.dependencies)
+                   if d["targets"] == [refresh] and d["trigger"] == "click")
+    assert "added_later" in on_open()["choices"]
+    js = (Path(__file__).resolve().parents[2] / "javascript" / "trt.js").read_text()
+    assert "#trt_lora_refresh" in js and "onUiTabChange" in js
 
 
 @pytest.mark.catalogue("sampling")
@@ -205,3 +213,39 @@ def test_prompt_loras_of_an_inner_job_reach_the_engine(lora_webui):
     assert float((with_a.images[0] - torch_a.images[0]).norm() / torch_a.images[0].norm()) <= 1e-4
     assert float((with_a.images[0] - base.images[0]).norm() / base.images[0].norm()) > 1e-3
     assert float((back.images[0] - base.images[0]).norm() / base.images[0].norm()) < 1e-4
+
+
+def baked_engine(webui, setting: str) -> None:
+    webui.add_checkpoint("sd1.safetensors", "sd1")
+    webui.load("sd1.safetensors")
+    webui.use_stand_in()
+    webui.add_engine("sd1.safetensors", "sd1", SMALL, loras=[{"name": "sd1_a", "weight": 0.8}])
+    webui.sd_unet.list_unets()
+    webui.shared.opts.set("sd_unet", "[TRT] sd1 [LoRA sd1_a:0.8]")
+    webui.shared.opts.set("trt_on_uncovered", setting)
+
+
+def wide(webui, prompt: str):
+    """A job over the engine's 128 px width."""
+    return webui.txt2img(prompt=prompt, negative_prompt="blurry", steps=2, seed=7, width=192)
+
+
+@pytest.mark.catalogue("sampling")
+def test_a_baked_entry_that_falls_back_runs_the_pytorch_unet_with_its_loras(lora_webui):
+    webui = lora_webui
+    baked_engine(webui, "fallback")
+    out = wide(webui, "a cat")
+    assert out.extra_generation_params["TensorRT"].endswith("with the engine's baked LoRA sd1_a:0.8 applied to it")
+    webui.shared.opts.set("sd_unet", "None")
+    with_lora = wide(webui, "a cat <lora:sd1_a:0:0.8>")  # text-encoder weight 0, UNet 0.8: the engine's UNet
+    assert torch.equal(out.images[0], with_lora.images[0])
+    assert not torch.equal(wide(webui, "a cat").images[0], with_lora.images[0])
+
+
+@pytest.mark.catalogue("sampling")
+def test_no_engine_covers_a_baked_entry_names_a_bake_of_the_same_loras(lora_webui):
+    webui = lora_webui
+    baked_engine(webui, "raise")
+    with pytest.raises(Exception, match=r"No TensorRT engine for sd1.* with LoRA sd1_a:0.8 covers") as e:
+        wide(webui, "a cat")
+    assert 'in the TensorRT tab with "sd1_a:0.8" in its LoRA box' in str(e.value)
