@@ -38,7 +38,8 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
         model = loaded_model.current()
         if model.checkpoint != unet.option.checkpoint:
             if getattr(p, "is_hr_pass", False):
-                return  # the refiner was loaded during the first pass: its PyTorch UNet runs (TrtUnet.forward)
+                other_checkpoint_pass(p, c, uc)
+                return
             raise checkpoint_mismatch(unet.option, model.checkpoint)
         hook = loaded_model.forward_hook_owner(shared.sd_model.model.diffusion_model)
         if hook is not None:
@@ -55,6 +56,25 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
         prompt_loras.before_sampling(p, session)
     except TrtError as e:
         reject(p, unet, e)
+
+
+def other_checkpoint_pass(p: Any, c: Any, uc: Any) -> None:
+    """The hires pass runs another checkpoint (``hr_checkpoint_name``) that was loaded without sd_unet being
+    applied again (the WebUI re-applies it only when it loads weights into the same model): with "Automatic"
+    that checkpoint's own engines take the pass, checked as any pass, if it has some; otherwise, as for an
+    engine named explicitly, its PyTorch UNet runs the pass (``TrtUnet.forward``). The next job's checkpoint
+    load applies sd_unet for the user's checkpoint again."""
+    if shared.opts.sd_unet == "Automatic":
+        sd_unet.apply_unet()
+        if isinstance(sd_unet.current_unet, TrtUnet):
+            before_sampling(p, c, uc)
+
+
+def hires_on_other_checkpoint(p: Any) -> bool:
+    """The job's hires pass will run another checkpoint than the loaded one: the loaded one's engines need not
+    cover it (that pass is checked when it starts, against what runs it)."""
+    info = getattr(p, "hr_checkpoint_info", None)
+    return info is not None and info.model_name != loaded_model.checkpoint_name()
 
 
 def reject(p: Any, unet: TrtUnet, error: TrtError) -> None:
@@ -100,7 +120,8 @@ def job_spec(p: Any, c: Any, uc: Any) -> JobSpec:
     else:
         lengths = {(prompt_tokens(p), prompt_tokens(p, negative=True))}
     sizes = [] if hires else [(p.width, p.height)]
-    if hires or (getattr(p, "enable_hr", False) and not getattr(p, "is_img2img", False)):
+    if hires or (getattr(p, "enable_hr", False) and not getattr(p, "is_img2img", False)
+                 and not hires_on_other_checkpoint(p)):
         sizes.append((p.hr_upscale_to_x, p.hr_upscale_to_y))
     passes = tuple(Pass(w, h, cond, uncond) for w, h in sizes for cond, uncond in sorted(lengths))
     return JobSpec(
