@@ -90,3 +90,31 @@ def test_a_hires_pass_that_its_checkpoints_engine_does_not_cover_is_refused(two)
     with pytest.raises(Exception, match="No TensorRT engine for second.* covers") as e:
         hires(two)
     assert "192x192 px" in str(e.value)
+
+
+def refined(webui):
+    """Two of four steps on "first" (its engine covers the size), then the refiner switch to "second"."""
+    return webui.txt2img(prompt="a cat", negative_prompt="blurry", steps=4, seed=7,
+                         refiner_checkpoint="second.safetensors", refiner_switch_at=0.5)
+
+
+@pytest.mark.catalogue("sampling")
+@pytest.mark.parametrize("sd_unet", ["Automatic", "[TRT] first"])
+def test_a_refiner_without_engines_runs_its_pytorch_unet_after_the_switch(two, sd_unet):
+    two.shared.opts.set("sd_unet", sd_unet)
+    out = refined(two)
+    assert "second" not in two.loaded_engines and out.extra_generation_params["Refiner"].startswith("second")
+    two.shared.opts.set("sd_unet", "None")
+    assert_close(out, refined(two))
+    assert relative(out, two.txt2img(prompt="a cat", negative_prompt="blurry", steps=4, seed=7)) > 1e-2
+
+
+@pytest.mark.catalogue("sampling")
+@pytest.mark.parametrize("two", [0], indirect=True, ids=["same weights"])
+def test_a_refiner_with_its_own_engine_runs_it_with_automatic(two):
+    two.add_engine("second.safetensors", "sd1", SMALL)
+    two.sd_unet.list_unets()
+    out = refined(two)
+    assert two.loaded_engines == ["first", "second"]
+    two.shared.opts.set("sd_unet", "None")
+    assert_close(out, refined(two))

@@ -49,6 +49,8 @@ class StableDiffusionProcessing:
     script_args: tuple = ()
     scripts: Any = None
     is_api: bool = False
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
     is_hr_pass: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +61,7 @@ class StableDiffusionProcessing:
         self.uc = None
         self.iteration = 0
         self.extra_network_data: dict = {}
+        self.refiner_checkpoint_info = None
         self.comments: dict[str, int] = {}
 
     def comment(self, text: str) -> None:
@@ -262,6 +265,11 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.setup_prompts()
     p.all_seeds = [int(p.seed) + x for x in range(len(p.all_prompts))]
     p.all_subseeds = list(p.all_seeds)
+
+    if p.refiner_checkpoint not in (None, "", "None", "none"):
+        p.refiner_checkpoint_info = sd_models.get_closet_checkpoint_match(p.refiner_checkpoint)
+        if p.refiner_checkpoint_info is None:
+            raise Exception(f"Could not find checkpoint with name {p.refiner_checkpoint}")
 
     if p.scripts is not None:
         p.scripts.process(p)
