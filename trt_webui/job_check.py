@@ -33,6 +33,9 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
     """Check the whole job once; reject (via the engine) or fall back as the settings say."""
     unet = sd_unet.current_unet
     if not isinstance(unet, TrtUnet):
+        if getattr(p, "is_hr_pass", False) and getattr(p, "hr_checkpoint_info", None) is not None \
+                and not getattr(p, FELL_BACK, False):
+            other_checkpoint_pass(p, c, uc)  # loaded as a new model (another config): no engine applied
         return
     try:
         model = loaded_model.current()

@@ -118,3 +118,18 @@ def test_a_refiner_with_its_own_engine_runs_it_with_automatic(two):
     assert two.loaded_engines == ["first", "second"]
     two.shared.opts.set("sd_unet", "None")
     assert_close(out, refined(two))
+
+
+@pytest.mark.catalogue("sampling")
+def test_a_hires_checkpoint_of_another_config_runs_its_own_engine_with_automatic(two):
+    """A checkpoint of another config is loaded as a new model, after which the WebUI applies no sd_unet
+    choice: with Automatic the hires pass still gets that checkpoint's own engine."""
+    two.add_checkpoint("other.safetensors", "sd2")
+    two.add_engine("other.safetensors", "sd2", WIDE)
+    two.sd_unet.list_unets()
+    out = two.txt2img(prompt="a cat", negative_prompt="blurry", steps=2, seed=7, enable_hr=True, hr_scale=3.0,
+                      hr_checkpoint_name="other.safetensors")
+    assert two.loaded_engines == ["first", "other"]
+    two.shared.opts.set("sd_unet", "None")
+    assert_close(out, two.txt2img(prompt="a cat", negative_prompt="blurry", steps=2, seed=7, enable_hr=True,
+                                  hr_scale=3.0, hr_checkpoint_name="other.safetensors"))
