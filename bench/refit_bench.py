@@ -112,7 +112,9 @@ class Webui:
         self.devices.device, self.devices.dtype, self.devices.dtype_unet = device, dtype, dtype
         self.sd_models = importlib.import_module("modules.sd_models")
         self.shared = importlib.import_module("modules.shared")
-        self.undo = importlib.import_module("lora_script").install()  # names the layers on model load
+        lora_script = importlib.import_module("lora_script")  # patches the layers, names them on model load
+        lora_script.before_ui()
+        self.undo = lora_script.unload
         self.networks = sys.modules["networks"]
         self.prompt_loras = importlib.import_module("trt_webui.prompt_loras")
         self.lora_folder = Path(self.networks.lora_dir())

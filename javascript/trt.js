@@ -5,3 +5,11 @@ function trtRefreshUnetList() {
     if (button) button.click();
     return [];
 }
+
+// Re-read the LoRA picker's list each time the TensorRT tab is opened, so LoRAs added after the WebUI
+// started are offered (the tab's hidden #trt_lora_refresh button does it; onUiTabChange is the WebUI's).
+onUiTabChange(function () {
+    const tab = get_uiCurrentTabContent();
+    const button = gradioApp().querySelector("#trt_lora_refresh");
+    if (tab && tab.id === "tab_tensorrt" && button) button.click();
+});

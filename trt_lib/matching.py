@@ -68,18 +68,23 @@ def explain(entries: Sequence[EngineEntry], needs: Sequence[str], calls: Sequenc
 
     One paragraph of whole sentences: the WebUI shows an error as ``html.escape``d text in a ``<div
     class='error'>`` with no ``white-space`` rule (modules/call_queue.py, style.css), where line breaks
-    vanish, and the API returns it as one string."""
-    parts = [f"No TensorRT engine for {checkpoint} covers this generation.", *needs]
+    vanish, and the API returns it as one string. Engines with baked LoRAs are answered with a bake of the
+    same LoRAs: no other engine can stand in for them."""
+    bake = entries[0].lora_label if entries and len({e.lora_label for e in entries}) == 1 else ""
+    parts = [f"No TensorRT engine for {checkpoint}{f' with LoRA {bake}' if bake else ''} covers this generation.",
+             *needs]
     if entries:
         parts.append("Engines for this checkpoint: " + "; ".join(f"{e.id}: {e.label()}" for e in entries) + ".")
     else:
         parts.append("There is no engine for this checkpoint yet.")
-    parts.append(suggestion(calls, family))
+    parts.append(suggestion(calls, family, bake))
     return " ".join(parts)
 
 
-def suggestion(calls: Sequence[UnetCall], family: Family) -> str:
-    """Name a preset that covers every call, or the custom profile to build."""
+def suggestion(calls: Sequence[UnetCall], family: Family, bake: str = "") -> str:
+    """Name a preset that covers every call, or the custom profile to build (with the LoRAs ``bake`` baked in,
+    when given)."""
+    tab = f"in the TensorRT tab with \"{bake}\" in its LoRA box" if bake else "in the TensorRT tab"
     off_grid = [c for c in calls if c.latent_height % (PIXEL_GRID // 8) or c.latent_width % (PIXEL_GRID // 8)]
     if off_grid:
         c = off_grid[0]
@@ -87,12 +92,12 @@ def suggestion(calls: Sequence[UnetCall], family: Family) -> str:
                 f"upscale factor) that gives multiples of {PIXEL_GRID}, or use the PyTorch UNet for this job.")
     for preset in family.presets:
         if all(preset.profile.covers(c) for c in calls):
-            return f"Build the preset \"{preset.label}\" ({preset.name}) in the TensorRT tab."
+            return f"Build the preset \"{preset.label}\" ({preset.name}) {tab}."
     needed = covering_profile(calls)
     problems = needed.problems(family)
     if problems:
         return "No engine can cover this job: " + "; ".join(problems) + ". Use the PyTorch UNet for it."
-    return (f"Build a custom profile in the TensorRT tab: batch size {needed.batch}, width {needed.width}, "
+    return (f"Build a custom profile {tab}: batch size {needed.batch}, width {needed.width}, "
             f"height {needed.height}, tokens {needed.tokens}.")
 
 

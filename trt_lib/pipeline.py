@@ -24,6 +24,10 @@ from .store import EngineEntry, EngineStore
 Progress = Callable[[str, float], None]
 """Called with a stage description and the overall fraction done (0..1)."""
 
+EXPORT_FORMAT = 2
+"""Part of every export's name. 2: exports hold exactly the checkpoint's weights plus the baked LoRAs; those of
+earlier versions could hold the LoRAs of the last PyTorch job, so they are never reused."""
+
 EXPORT_SHARE = 0.3
 """Part of the progress bar given to the export; the build takes the rest."""
 
@@ -51,9 +55,11 @@ class BuildRequest:
             raise ProfileError("invalid profile: " + "; ".join(problems))
 
     def export_key(self) -> str:
-        """Names the ONNX export: one per checkpoint, LoRA set and dtype, shared by all its engines."""
+        """Names the ONNX export by the weights it holds: one per checkpoint (its hash), LoRA set and dtype,
+        shared by all its engines."""
         lora = json.dumps(self.loras, sort_keys=True)
-        digest = hashlib.sha256(f"{self.checkpoint_hash}|{lora}|{self.dtype}".encode()).hexdigest()[:10]
+        key = f"{self.checkpoint_hash}|{lora}|{self.dtype}|{EXPORT_FORMAT}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:10]
         return f"{file_stem(self.checkpoint)}-{digest}"
 
 

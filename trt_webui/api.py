@@ -22,6 +22,7 @@ from trt_lib.profiles import Profile
 from . import loaded_model
 from .extension import EXT
 from .fit_check import FitQuestion, check_fit
+from .lora_bake import WEIGHTS
 from .webui_api import find_api
 
 PREFIX = "/tensorrt/v1"
@@ -40,7 +41,7 @@ class ProfileBody(BaseModel):
 
 class LoraBody(BaseModel):
     name: str = Field(..., description="a LoRA name as in <lora:name:weight>")
-    weight: float = Field(1.0, description="UNet weight")
+    weight: float = Field(1.0, description=f"UNet weight, {WEIGHTS}")
 
     class Config:
         extra = Extra.forbid

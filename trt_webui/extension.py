@@ -14,7 +14,7 @@ from modules import call_queue, devices, sd_unet, shared
 
 from trt_lib.backends import get_backend
 from trt_lib.backends.trt10 import gpu_capability
-from trt_lib.errors import BackendUnavailableError, TrtError
+from trt_lib.errors import BackendUnavailableError, BuildTargetError, TrtError
 from trt_lib.families import Family, get_family
 from trt_lib.jobs import Job, JobQueue
 from trt_lib.pipeline import BuildRequest, build_stage, export_stage
@@ -194,6 +194,8 @@ class Extension:
         backend = get_backend(request.backend)
         backend.build_target(request.compute_capability)
         backend.check_build(request.refit)
+        if refit and (problem := backend.refit_build_problem()):
+            raise BuildTargetError(problem)  # before the export, not at the end of the build
         store = self.store
 
         def run(job: Job) -> EngineEntry:
@@ -201,8 +203,7 @@ class Extension:
                 if loaded_model.checkpoint_name() != model.checkpoint:
                     raise TrtError(f"the checkpoint changed to {loaded_model.checkpoint_name()} before the build "
                                    f"of {model.checkpoint} started; build again")
-                with loaded_model.pytorch_unet() as unet, \
-                        lora_bake.baked(unet, request.loras) if request.loras else contextlib.nullcontext():
+                with loaded_model.pytorch_unet() as unet, lora_bake.exported(unet, request.loras):
                     onnx_path = export_stage(unet, request, store, progress=job.report, cancel=job.cancel,
                                              device=next(unet.parameters()).device)
             gpu = get_backend(request.backend).needs_gpu_to_build(request.refit)

@@ -15,6 +15,7 @@ from modules import sd_unet, shared
 
 from trt_lib.errors import NoProfileError, TrtError
 from trt_lib.job_shapes import JobSpec, Pass, call_sources, unet_calls
+from trt_lib.lora_refit import describe, key_of_entries
 from trt_lib.matching import plan
 from trt_lib.profiles import TOKENS_PER_CHUNK, tokens_for_context
 
@@ -32,12 +33,16 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
     """Check the whole job once; reject (via the engine) or fall back as the settings say."""
     unet = sd_unet.current_unet
     if not isinstance(unet, TrtUnet):
+        if getattr(p, "is_hr_pass", False) and getattr(p, "hr_checkpoint_info", None) is not None \
+                and not getattr(p, FELL_BACK, False):
+            other_checkpoint_pass(p, c, uc)  # loaded as a new model (another config): no engine applied
         return
     try:
         model = loaded_model.current()
         if model.checkpoint != unet.option.checkpoint:
             if getattr(p, "is_hr_pass", False):
-                return  # the refiner was loaded during the first pass: its PyTorch UNet runs (TrtUnet.forward)
+                other_checkpoint_pass(p, c, uc)
+                return
             raise checkpoint_mismatch(unet.option, model.checkpoint)
         hook = loaded_model.forward_hook_owner(shared.sd_model.model.diffusion_model)
         if hook is not None:
@@ -57,15 +62,49 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
         reject(p, unet, e)
 
 
+def other_checkpoint_pass(p: Any, c: Any, uc: Any) -> None:
+    """The hires pass runs another checkpoint (``hr_checkpoint_name``) that was loaded without sd_unet being
+    applied again (the WebUI re-applies it only when it loads weights into the same model): with "Automatic"
+    that checkpoint's own engines take the pass, checked as any pass, if it has some; otherwise, as for an
+    engine named explicitly, its PyTorch UNet runs the pass (``TrtUnet.forward``). The next job's checkpoint
+    load applies sd_unet for the user's checkpoint again."""
+    if shared.opts.sd_unet == "Automatic":
+        sd_unet.apply_unet()
+        if isinstance(sd_unet.current_unet, TrtUnet):
+            before_sampling(p, c, uc)
+
+
+def hires_on_other_checkpoint(p: Any) -> bool:
+    """The job's hires pass will run another checkpoint than the loaded one: the loaded one's engines need not
+    cover it (that pass is checked when it starts, against what runs it)."""
+    info = getattr(p, "hr_checkpoint_info", None)
+    return info is not None and info.model_name != loaded_model.checkpoint_name()
+
+
 def reject(p: Any, unet: TrtUnet, error: TrtError) -> None:
     if settings.falls_back():
         reason = error.needs[0] if isinstance(error, NoProfileError) else str(error)
-        print(f"[TensorRT] using the PyTorch UNet for this job: {error}")
-        p.extra_generation_params["TensorRT"] = f"PyTorch UNet used ({reason.lstrip('- ')})"
+        baked = baked_for_pytorch(unet)
+        print(f"[TensorRT] using the PyTorch UNet for this job{baked}: {error}")
+        p.extra_generation_params["TensorRT"] = f"PyTorch UNet used ({reason.lstrip('- ')}){baked}"
         setattr(p, FELL_BACK, True)
         sd_unet.apply_unet("None")
     else:
         unet.pending = error
+
+
+def baked_for_pytorch(unet: TrtUnet) -> str:
+    """The engine's baked LoRAs go to the PyTorch UNet that runs the job instead (through the WebUI's Lora
+    code); what the infotext and console say about them, "" for an engine without."""
+    if not unet.option.lora_label:
+        return ""
+    try:
+        if unet.session is None:
+            raise TrtError("its engines did not load")
+        added = prompt_loras.add_baked(key_of_entries(unet.session.entries[0].loras))
+    except TrtError as e:
+        return f", without the engine's baked LoRA {unet.option.lora_label} ({e})"
+    return f", with the engine's baked LoRA {describe(added)} applied to it" if added else ""
 
 
 def after_job(p: Any) -> None:
@@ -85,7 +124,8 @@ def job_spec(p: Any, c: Any, uc: Any) -> JobSpec:
     else:
         lengths = {(prompt_tokens(p), prompt_tokens(p, negative=True))}
     sizes = [] if hires else [(p.width, p.height, False)]
-    if hires or (getattr(p, "enable_hr", False) and not getattr(p, "is_img2img", False)):
+    if hires or (getattr(p, "enable_hr", False) and not getattr(p, "is_img2img", False)
+                 and not hires_on_other_checkpoint(p)):
         sizes.append((p.hr_upscale_to_x, p.hr_upscale_to_y, True))
     passes = tuple(Pass(w, h, cond, uncond, hr) for w, h, hr in sizes for cond, uncond in sorted(lengths))
     return JobSpec(

@@ -29,7 +29,7 @@ from trt_lib.lora_refit import (
 from trt_lib.store import EngineStore
 from trt_lib.unet_session import UnetSession
 
-from .lora_bake import merged
+from .lora_bake import merged, networks
 
 INFO_KEY = "TensorRT LoRA"
 
@@ -54,6 +54,22 @@ def merge(key: LoraKey, extra: frozenset[str]) -> MergedWeights:
         state = unet.state_dict()
         values = {k: state[k].detach().to("cpu", copy=True) for k in changed | extra}
     return MergedWeights(key, changed, values)
+
+
+def add_baked(baked: LoraKey) -> LoraKey:
+    """For a job that falls back from an engine with ``baked`` LoRAs to the PyTorch UNet: those the job did
+    not load join the WebUI's loaded networks for the UNet alone (text-encoder weight 0), so its Lora code
+    merges them as the engine had them. The next job's prompt replaces the set, as for any job. Returns the
+    LoRAs added; raises :class:`~trt_lib.errors.TrtError` when the Lora extension is off."""
+    net = networks()
+    have = list(net.loaded_networks)
+    added = tuple(u for u in baked if all(n.name != u.name for n in have))
+    if added:
+        net.load_networks([n.name for n in have] + [u.name for u in added],
+                          [n.te_multiplier for n in have] + [0.0] * len(added),
+                          [n.unet_multiplier for n in have] + [u.weight for u in added],
+                          [n.dyn_dim for n in have] + [u.dyn_dim for u in added])
+    return added
 
 
 def refitter(store: EngineStore) -> LoraRefitter:

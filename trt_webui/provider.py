@@ -153,11 +153,9 @@ class TrtUnet(sd_unet.SdUnet):
 
     def _other_checkpoint(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *args,
                           **kwargs) -> torch.Tensor:
-        """The refiner (or a hires checkpoint) was loaded mid-job without re-applying sd_unet: run its own
-        PyTorch UNet, which the fresh load put on the GPU, instead of engines built for another model."""
-        unet = shared.sd_model.model.diffusion_model
-        if next(unet.parameters()).device != x.device:
-            raise for_api(checkpoint_mismatch(self.option, loaded_model.checkpoint_name()))
+        """The refiner (or a hires checkpoint) was loaded mid-job while this engine stays selected: run that
+        checkpoint's own PyTorch UNet, brought to the GPU (a load into the same model re-applies sd_unet, which
+        moves the new UNet to the CPU), instead of engines built for another model."""
         self._say(f"{loaded_model.checkpoint_name()} has no engine here; running its PyTorch UNet")
         return self._pytorch(x, timesteps, context, *args, **kwargs)
 

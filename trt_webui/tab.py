@@ -149,6 +149,12 @@ def add_lora(text: Any, name: Any) -> tuple[str, None]:
     return ", ".join(filter(None, [text.strip(" ,"), f"{name}:1"])), None
 
 
+def lora_choices() -> dict:
+    """The LoRA picker's list, re-read from the WebUI (LoRAs added since the start appear) when the tab is
+    opened or the picker focused."""
+    return gr.update(choices=lora_bake.available_names())
+
+
 def build(progress: gr.Progress = gr.Progress(), *inputs: Any) -> tuple[str, str, pd.DataFrame]:  # noqa: B008
     """The build button: queue the build, then follow it with Gradio's progress bar (stage and fraction).
 
@@ -320,12 +326,15 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                                        for v, part in zip(defaults[dim], ("min", "opt", "max"))]
                 check = gr.Markdown(elem_id="trt_profile_check")
                 with gr.Row():
-                    loras = gr.Textbox(label="LoRAs to bake into the engine (name:weight, comma-separated)",
+                    loras = gr.Textbox(label="LoRAs to bake into the engine (name:weight, comma-separated; "
+                                       f"weights {lora_bake.WEIGHTS})",
                                        elem_id="trt_loras", info=lora_bake.TEXT_ENCODER_NOTE, scale=3)
                     lora_pick = gr.Dropdown(lora_bake.available_names(), label="Add a LoRA", elem_id="trt_lora_pick",
                                             scale=1)
                 lora_pick.change(add_lora, [loras, lora_pick], [loras, lora_pick])
-                lora_pick.focus(lambda: gr.update(choices=lora_bake.available_names()), None, lora_pick)
+                lora_pick.focus(lora_choices, None, lora_pick)
+                lora_refresh = gr.Button(visible=False, elem_id="trt_lora_refresh")  # trt.js: tab opened
+                lora_refresh.click(lora_choices, None, lora_pick)
                 refit = gr.Checkbox(False, label="Switch prompt LoRAs without a rebuild (refittable engine)",
                                     elem_id="trt_refit", info="Prompt <lora:name:weight> then reaches the UNet by "
                                     "refitting the engine. Refittable engines run a little slower, and TensorRT "

@@ -29,6 +29,7 @@ sys.path.insert(0, str(STUB))  # the WebUI's own folder is on sys.path: `modules
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # trt_lib for the tests' own use (tiny UNets, exports, the store)
 
+from tests import lora_files  # noqa: E402
 from trt_lib.families import get_family  # noqa: E402
 from trt_lib.onnx_runtime import stand_in_runner  # noqa: E402
 from trt_lib.profiles import Profile  # noqa: E402
@@ -154,3 +155,34 @@ def webui(tmp_path: Path, exported_onnx: Callable[[str, torch.dtype], Path],
     _forget_webui()
     yield Webui(tmp_path, exported_onnx, monkeypatch)
     _forget_webui()
+
+
+LORA_STUB = STUB / "lora"
+_LORA_MODULES = ("networks", "network", "network_lora", "network_hada", "lyco_helpers", "extra_networks_lora",
+                 "lora_script", "lora_patches")
+
+
+@pytest.fixture
+def lora_webui(webui):
+    """The stand-in with the built-in Lora extension loaded and LoRA files (made for the seed-0 UNets) on disk."""
+    folder = Path(webui.paths.models_path) / "Lora"
+    for family in ("sd1", "sdxl"):
+        unet = make_unet(family)
+        names = lora_files.layer_names(unet)
+        webui.lora_tensors = getattr(webui, "lora_tensors", {})
+        for name, tensors in {f"{family}_a": lora_files.make_lora(unet, names[:2], seed=1),
+                              f"{family}_b": lora_files.make_lora(unet, names[1:], seed=2),
+                              f"{family}_loha": lora_files.make_lora(unet, names, seed=3, loha=True)}.items():
+            lora_files.write(folder, name, tensors)
+            webui.lora_tensors[name] = tensors
+    sys.path.insert(0, str(LORA_STUB))
+    try:
+        lora_script = importlib.import_module("lora_script")  # the WebUI imports it at start: layers patched
+        lora_script.before_ui()  # as script_callbacks.before_ui_callback() does before the UI is made
+        webui.networks = sys.modules["networks"]
+        yield webui
+        lora_script.unload()  # as on_script_unloaded does
+    finally:
+        sys.path.remove(str(LORA_STUB))
+        for name in _LORA_MODULES:
+            sys.modules.pop(name, None)

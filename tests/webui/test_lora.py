@@ -3,53 +3,21 @@ export through the WebUI's merge and restored bit for bit, and prompt LoRAs refi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests import lora_files
 from trt_lib.export import export_onnx
 from trt_lib.families import get_family
 from trt_lib.onnx_runtime import OnnxRuntimeRunner
 from trt_lib.profiles import Profile
 from trt_lib.tiny_unets import make_unet
 
-LORA_STUB = Path(__file__).resolve().parent.parent / "webui_stub" / "lora"
-_spec = importlib.util.spec_from_file_location("lora_files", Path(__file__).resolve().parent.parent / "lora_files.py")
-lora_files = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lora_files)
-_LORA_MODULES = ("networks", "network", "network_lora", "network_hada", "lyco_helpers", "extra_networks_lora",
-                 "lora_script")
 SMALL = {"batch": [1, 1, 4], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 150]}
-
-
-@pytest.fixture
-def lora_webui(webui):
-    """The stand-in with the built-in Lora extension loaded and LoRA files (made for the seed-0 UNets) on disk."""
-    folder = Path(webui.paths.models_path) / "Lora"
-    for family in ("sd1", "sdxl"):
-        unet = make_unet(family)
-        names = lora_files.layer_names(unet)
-        webui.lora_tensors = getattr(webui, "lora_tensors", {})
-        for name, tensors in {f"{family}_a": lora_files.make_lora(unet, names[:2], seed=1),
-                              f"{family}_b": lora_files.make_lora(unet, names[1:], seed=2),
-                              f"{family}_loha": lora_files.make_lora(unet, names, seed=3, loha=True)}.items():
-            lora_files.write(folder, name, tensors)
-            webui.lora_tensors[name] = tensors
-    sys.path.insert(0, str(LORA_STUB))
-    try:
-        undo = importlib.import_module("lora_script").install()
-        webui.networks = sys.modules["networks"]
-        yield webui
-        undo()
-    finally:
-        sys.path.remove(str(LORA_STUB))
-        for name in _LORA_MODULES:
-            sys.modules.pop(name, None)
 
 
 def parity(unet_onnx: Path, family: str, reference: torch.nn.Module) -> float:
@@ -70,7 +38,7 @@ def test_bake_matches_the_hand_merge_and_restores_bit_for_bit(lora_webui, tmp_pa
     bake = webui.module("trt_webui.lora_bake")
     unet = webui.unet()
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    with bake.baked(unet, [{"name": lora, "weight": 0.8}]) as info:
+    with bake.exported(unet, [{"name": lora, "weight": 0.8}]) as info:
         assert len(info.layers) == (2 if lora.endswith("_a") else 3)
         export_onnx(unet, get_family(family), tmp_path / "unet.onnx", dtype=torch.float32)
     after = unet.state_dict()
@@ -91,7 +59,7 @@ def test_a_failed_restore_refuses_the_engine(lora_webui, monkeypatch):
     bake = webui.module("trt_webui.lora_bake")
     unet = webui.unet()
     with pytest.raises(bake.LoraRestoreError, match="1 tensors differ.*not recorded"):
-        with bake.baked(unet, [{"name": "sd1_a", "weight": 1.0}]):
+        with bake.exported(unet, [{"name": "sd1_a", "weight": 1.0}]):
             unet.conv_in.network_layer_name = "not merged"  # a layer changed behind the backups' back
             with torch.no_grad():
                 unet.conv_in.bias.add_(1.0)
@@ -107,7 +75,44 @@ def test_unknown_lora_is_refused_before_queueing_with_the_available_ones(lora_we
     available = "available: sd1_a, sd1_b, sd1_loha, sdxl_a, sdxl_b, sdxl_loha"
     with pytest.raises(bake.LoraNotFoundError, match=re.escape(f"unknown LoRA {name!r}; {available}")) as e:
         webui.EXT.submit_build([Profile.from_dict(SMALL)], [{"name": name, "weight": 1}])
-    assert e.value.status_code == 404 and not webui.EXT.jobs.jobs()
+    assert e.value.status_code == 422 and not webui.EXT.jobs.jobs()
+
+
+BAD_LORAS = {  # input -> what the refusal says
+    "weight far beyond fp16 and fp32": ([{"name": "sd1_a", "weight": 1e39}],
+                                        "'sd1_a': weight 1e+39 is not in -10..10, not 0"),
+    "infinite weight": ([{"name": "sd1_a", "weight": float("inf")}], "'sd1_a': weight inf is not in"),
+    "NaN weight": ([{"name": "sd1_a", "weight": float("nan")}], "'sd1_a': weight nan is not in"),
+    "weight 0": ([{"name": "sd1_a", "weight": 0}], "weight 0 is not in -10..10, not 0 (0 leaves the UNet as it is"),
+    "just over the limit": ([{"name": "sd1_a", "weight": -10.01}], "weight -10.01 is not in"),
+    "a weight that is no number": ([{"name": "sd1_a", "weight": "strong"}], "'sd1_a': weight 'strong' is not a number"),
+    "the same LoRA twice": ([{"name": "sd1_a", "weight": 0.5}, {"name": "sd1_a", "weight": 0.3}],
+                            "LoRA 'sd1_a' is listed twice: list it once, with the sum of its weights"),
+    "no name": ([{"name": " ", "weight": 1}], "a LoRA without a name"),
+    "every problem at once": ([{"name": "sd1_a", "weight": 0}, {"name": "sd1_b", "weight": 20}],
+                              "'sd1_a': weight 0 is not in -10..10, not 0 (0 leaves the UNet as it is: remove the "
+                              "LoRA instead); LoRA 'sd1_b': weight 20 is not in"),
+    "unknown and bad weight": ([{"name": "nope", "weight": 1e39}], "'nope': weight 1e+39 is not in"),
+}
+
+
+@pytest.mark.catalogue("api")
+@pytest.mark.parametrize("case", BAD_LORAS)
+def test_bad_lora_input_is_refused_before_queueing_with_422(lora_webui, case):
+    webui = lora_webui
+    webui.add_checkpoint("sd1.safetensors", "sd1")
+    webui.load("sd1.safetensors")
+    loras, says = BAD_LORAS[case]
+    bake = webui.module("trt_webui.lora_bake")
+    with pytest.raises(bake.LoraError, match=re.escape(says)) as e:
+        webui.EXT.submit_build([Profile.from_dict(SMALL)], loras)
+    assert e.value.status_code == 422 and not webui.EXT.jobs.jobs()
+
+
+@pytest.mark.parametrize("weight", [-10, -0.01, 0.01, 10, "0.5"])
+def test_weights_in_the_stated_range_are_taken(lora_webui, weight):
+    bake = lora_webui.module("trt_webui.lora_bake")
+    assert bake.check_loras([{"name": " sd1_a ", "weight": weight}]) == [{"name": "sd1_a", "weight": float(weight)}]
 
 
 def engine(webui, *, refittable: bool):
@@ -179,6 +184,14 @@ def test_the_tab_picks_loras_from_the_webuis_list(lora_webui):
     assert tab.parse_loras("sd1_a:0.5, sd1_b:1") == [{"name": "sd1_a", "weight": 0.5}, {"name": "sd1_b", "weight": 1}]
     ((blocks, title, _),) = tab.on_ui_tabs()
     assert title == "TensorRT"
+    # a LoRA added after the UI was made is offered when the tab is opened: trt.js clicks the hidden button
+    lora_files.write(Path(lora_webui.paths.models_path) / "Lora", "added_later", lora_webui.lora_tensors["sd1_a"])
+    refresh = next(i for i, block in blocks.blocks.items() if block.elem_id == "trt_lora_refresh")
+    on_open = next(blocks.fns[i].fn for i, d in enumerate(blocks.dependencies)
+                   if d["targets"] == [refresh] and d["trigger"] == "click")
+    assert "added_later" in on_open()["choices"]
+    js = (Path(__file__).resolve().parents[2] / "javascript" / "trt.js").read_text()
+    assert "#trt_lora_refresh" in js and "onUiTabChange" in js
 
 
 @pytest.mark.catalogue("sampling")
@@ -200,3 +213,39 @@ def test_prompt_loras_of_an_inner_job_reach_the_engine(lora_webui):
     assert float((with_a.images[0] - torch_a.images[0]).norm() / torch_a.images[0].norm()) <= 1e-4
     assert float((with_a.images[0] - base.images[0]).norm() / base.images[0].norm()) > 1e-3
     assert float((back.images[0] - base.images[0]).norm() / base.images[0].norm()) < 1e-4
+
+
+def baked_engine(webui, setting: str) -> None:
+    webui.add_checkpoint("sd1.safetensors", "sd1")
+    webui.load("sd1.safetensors")
+    webui.use_stand_in()
+    webui.add_engine("sd1.safetensors", "sd1", SMALL, loras=[{"name": "sd1_a", "weight": 0.8}])
+    webui.sd_unet.list_unets()
+    webui.shared.opts.set("sd_unet", "[TRT] sd1 [LoRA sd1_a:0.8]")
+    webui.shared.opts.set("trt_on_uncovered", setting)
+
+
+def wide(webui, prompt: str):
+    """A job over the engine's 128 px width."""
+    return webui.txt2img(prompt=prompt, negative_prompt="blurry", steps=2, seed=7, width=192)
+
+
+@pytest.mark.catalogue("sampling")
+def test_a_baked_entry_that_falls_back_runs_the_pytorch_unet_with_its_loras(lora_webui):
+    webui = lora_webui
+    baked_engine(webui, "fallback")
+    out = wide(webui, "a cat")
+    assert out.extra_generation_params["TensorRT"].endswith("with the engine's baked LoRA sd1_a:0.8 applied to it")
+    webui.shared.opts.set("sd_unet", "None")
+    with_lora = wide(webui, "a cat <lora:sd1_a:0:0.8>")  # text-encoder weight 0, UNet 0.8: the engine's UNet
+    assert torch.equal(out.images[0], with_lora.images[0])
+    assert not torch.equal(wide(webui, "a cat").images[0], with_lora.images[0])
+
+
+@pytest.mark.catalogue("sampling")
+def test_no_engine_covers_a_baked_entry_names_a_bake_of_the_same_loras(lora_webui):
+    webui = lora_webui
+    baked_engine(webui, "raise")
+    with pytest.raises(Exception, match=r"No TensorRT engine for sd1.* with LoRA sd1_a:0.8 covers") as e:
+        wide(webui, "a cat")
+    assert 'in the TensorRT tab with "sd1_a:0.8" in its LoRA box' in str(e.value)

@@ -183,3 +183,14 @@ def test_rebuild_after_the_checkpoint_was_replaced(client, webui):
     assert new.id != old.id and new.profiles == old.profiles and new.onnx_file != old.onnx_file
     assert new.checkpoint_hash == webui.sd_models.get_closet_checkpoint_match(CHECKPOINT).sha256 != old.checkpoint_hash
     assert not webui.EXT.store.engine_path(old).exists() and webui.EXT.listing().problems.get(new.id) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU builds refittable engines")
+def test_a_refit_build_without_a_gpu_is_refused_before_the_export(client, webui):
+    """TensorRT for RTX 1.7 builds refittable engines only with a GPU: the request is refused at once, what to
+    do first, instead of failing at the end of the build with a Myelin error."""
+    r = client.post("/tensorrt/v1/builds", json={"preset": "static-512", "refit": True})
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and detail.startswith('Build without "Switch prompt LoRAs without a rebuild"')
+    assert "need a CUDA GPU while building with TensorRT for RTX" in detail
+    assert not webui.EXT.jobs.jobs() and store_files(webui) == []

@@ -243,14 +243,22 @@ class Backend:
                  for m in dir(trt.ComputeCapability) if re.fullmatch(r"SM\d{2,}", m)]
         return {f"{major}.{minor}": member for major, minor, member in sorted(found, key=lambda x: x[:2])}
 
+    def refit_build_problem(self) -> str:
+        """Why refittable or weight-stripped engines cannot be built here, what to do first; "" when they can.
+
+        Measured with TensorRT for RTX 1.7.1: REFIT, REFIT_IDENTICAL, REFIT_INDIVIDUAL (with weights marked)
+        and STRIP_PLAN all fail on a CPU-only machine with a Myelin CUDA_SUCCESS check, at the end of a build.
+        """
+        if not self.targets_compute_capability or gpu_capability() is not None:
+            return ""
+        return ("Build without \"Switch prompt LoRAs without a rebuild\" (refit) here, or build on the machine with "
+                f"the GPU: refittable and weight-stripped engines need a CUDA GPU while building with {self.label}, "
+                "and PyTorch sees none here")
+
     def _failure(self, errors: list[str], refittable: bool) -> str:
+        hint = self.refit_build_problem() if refittable else ""
         message = f"{self.label} could not build the engine: {'; '.join(errors) or 'no reason given'}"
-        if refittable and gpu_capability() is None:
-            # Measured with TensorRT for RTX 1.7.1: REFIT, REFIT_IDENTICAL, REFIT_INDIVIDUAL (with weights
-            # marked) and STRIP_PLAN all fail on a CPU-only machine with a Myelin CUDA_SUCCESS check.
-            message += (". Refittable and weight-stripped engines need a CUDA GPU while building: build without "
-                        "LoRA refit here, or build on the machine with the GPU")
-        return message
+        return f"{hint}. {message}" if hint else message
 
     # -- running ---------------------------------------------------------------------------------------------
 

@@ -1,40 +1,32 @@
-"""Mirrors extensions-builtin/Lora/scripts/lora_script.py and lora_patches.py: registers the ``lora`` extra
-network, names the layers on model load, and patches the layer forwards so that each layer merges the loaded
-networks before it runs (``network_apply_weights``). ``install`` returns the undo."""
+"""Mirrors extensions-builtin/Lora/scripts/lora_script.py (v1.10.1, lines 1-37 and the ``lora_functional``
+setting at 47-49): importing it patches the layer classes (``networks.originals =
+lora_patches.LoraPatches()``, so that every layer merges the loaded networks in its own forward), names the
+layers on each model load, registers the ``lora`` extra network before the UI is made, and undoes the
+patches when scripts are unloaded."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import extra_networks_lora
+import lora_patches
 import networks
-import torch
 from modules import extra_networks, script_callbacks, shared
 
-PATCHED = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+def unload() -> None:
+    networks.originals.undo()
 
 
-def _patched_forward(original: Callable) -> Callable:
-    def forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        networks.network_apply_weights(self)
-        return original(self, *args, **kwargs)
-
-    return forward
+def before_ui() -> None:
+    networks.extra_network_lora = extra_networks_lora.ExtraNetworkLora()
+    extra_networks.register_extra_network(networks.extra_network_lora)
 
 
-def install() -> Callable[[], None]:
-    originals = {cls: cls.forward for cls in PATCHED}
-    for cls, original in originals.items():
-        cls.forward = _patched_forward(original)
-    extra_networks.register_extra_network(extra_networks_lora.ExtraNetworkLora())
-    script_callbacks.on_model_loaded(networks.assign_network_names_to_compvis_modules)
-    if shared.sd_model is not None:
-        networks.assign_network_names_to_compvis_modules(shared.sd_model)
+networks.originals = lora_patches.LoraPatches()
 
-    def undo() -> None:
-        for cls, original in originals.items():
-            cls.forward = original
-        extra_networks.extra_network_registry.pop("lora", None)
+script_callbacks.on_model_loaded(networks.assign_network_names_to_compvis_modules)
+script_callbacks.on_script_unloaded(unload)
+script_callbacks.on_before_ui(before_ui)
 
-    return undo
+shared.opts.add_option("lora_functional", shared.OptionInfo(
+    False, "Lora/Networks: use old method that takes longer when you have multiple Loras active and produces "
+    "same results as kohya-ss/sd-webui-additional-networks extension"))

@@ -55,6 +55,19 @@ class NetworkModule:
         self.sd_key = weights.sd_key
         self.sd_module = weights.sd_module
         self.shape = self.sd_module.weight.shape if hasattr(self.sd_module, "weight") else None
+        self.ops: Any = None
+        self.extra_kwargs: dict[str, Any] = {}
+        if isinstance(self.sd_module, torch.nn.Conv2d):
+            self.ops = torch.nn.functional.conv2d
+            self.extra_kwargs = {"stride": self.sd_module.stride, "padding": self.sd_module.padding}
+        elif isinstance(self.sd_module, torch.nn.Linear):
+            self.ops = torch.nn.functional.linear
+        elif isinstance(self.sd_module, torch.nn.LayerNorm):
+            self.ops = torch.nn.functional.layer_norm
+            self.extra_kwargs = {"normalized_shape": self.sd_module.normalized_shape, "eps": self.sd_module.eps}
+        elif isinstance(self.sd_module, torch.nn.GroupNorm):
+            self.ops = torch.nn.functional.group_norm
+            self.extra_kwargs = {"num_groups": self.sd_module.num_groups, "eps": self.sd_module.eps}
         self.dim: int | None = None
         self.bias = weights.w.get("bias")
         self.alpha = weights.w["alpha"].item() if "alpha" in weights.w else None
@@ -89,3 +102,10 @@ class NetworkModule:
 
     def calc_updown(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """network.py lines 221-227: the functional mode's addition to the layer's output."""
+        if self.ops is None:
+            raise NotImplementedError()
+        updown, ex_bias = self.calc_updown(self.sd_module.weight)
+        return y + self.ops(x, weight=updown, bias=ex_bias, **self.extra_kwargs)

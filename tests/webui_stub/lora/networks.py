@@ -4,7 +4,8 @@
 
 The stand-in's UNets keep diffusers module names, so kohya keys reach them through the WebUI's own fallback
 (``lora_unet`` -> ``diffusion_model``, as for SDXL LoRAs). Left out: bundled embeddings, OFT/IA3/LoKr/GLoRA
-module types, MultiheadAttention/QkvLinear merges, fp16 weight copies, the functional (forward) mode.
+module types, MultiheadAttention/QkvLinear merges (their backups and restore are kept), fp16 weight copies.
+The layer forwards that ``lora_patches`` installs are here as in the WebUI (``network_Linear_forward``, ...).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import network
@@ -144,6 +146,10 @@ def load_networks(names: list[str], te_multipliers: list[float] | None = None,
         sd_hijack.model_hijack.comments.append(f'Lora not found: {", ".join(failed_to_load)}')
 
 
+def allowed_layer_without_weight(layer: torch.nn.Module) -> bool:
+    return isinstance(layer, torch.nn.LayerNorm) and not layer.elementwise_affine
+
+
 def store_weights_backup(weight: torch.Tensor | None) -> torch.Tensor | None:
     return None if weight is None else weight.to(devices.cpu, copy=True)
 
@@ -156,19 +162,28 @@ def restore_weights_backup(obj: torch.nn.Module, field: str, weight: torch.Tenso
 
 
 def network_restore_weights_from_backup(self: torch.nn.Module) -> None:
+    """networks.py lines 391-408: an in-place ``copy_`` of each backup (no ``torch.no_grad`` of its own)."""
     weights_backup = getattr(self, "network_weights_backup", None)
     bias_backup = getattr(self, "network_bias_backup", None)
     if weights_backup is None and bias_backup is None:
         return
-    with torch.no_grad():
-        if weights_backup is not None:
+    if weights_backup is not None:
+        if isinstance(self, torch.nn.MultiheadAttention):
+            restore_weights_backup(self, "in_proj_weight", weights_backup[0])
+            restore_weights_backup(self.out_proj, "weight", weights_backup[1])
+        else:
             restore_weights_backup(self, "weight", weights_backup)
+    if isinstance(self, torch.nn.MultiheadAttention):
+        restore_weights_backup(self.out_proj, "bias", bias_backup)
+    else:
         restore_weights_backup(self, "bias", bias_backup)
 
 
 def network_apply_weights(self: torch.nn.Module) -> None:
-    """Applies the currently selected set of networks to the weights of torch layer self; restores the
-    original weights from the CPU backup first when another set was applied."""
+    """networks.py lines 411-542: applies the currently selected set of networks to the weights of torch layer
+    self; restores the original weights from the CPU backup first when another set was applied. Called by
+    every patched layer forward, so after a job the layers keep that job's merge until a later forward sees
+    another ``loaded_networks``."""
     network_layer_name = getattr(self, "network_layer_name", None)
     if network_layer_name is None:
         return
@@ -177,13 +192,22 @@ def network_apply_weights(self: torch.nn.Module) -> None:
 
     weights_backup = getattr(self, "network_weights_backup", None)
     if weights_backup is None and wanted_names != ():
-        if current_names != ():
+        if current_names != () and not allowed_layer_without_weight(self):
             raise RuntimeError(f"{network_layer_name} - no backup weights found and current weights are not unchanged")
-        self.network_weights_backup = store_weights_backup(self.weight)
+        if isinstance(self, torch.nn.MultiheadAttention):
+            weights_backup = (store_weights_backup(self.in_proj_weight), store_weights_backup(self.out_proj.weight))
+        else:
+            weights_backup = store_weights_backup(self.weight)
+        self.network_weights_backup = weights_backup
 
     bias_backup = getattr(self, "network_bias_backup", None)
     if bias_backup is None and wanted_names != ():
-        bias_backup = store_weights_backup(self.bias) if getattr(self, "bias", None) is not None else None
+        if isinstance(self, torch.nn.MultiheadAttention) and self.out_proj.bias is not None:
+            bias_backup = store_weights_backup(self.out_proj.bias)
+        elif getattr(self, "bias", None) is not None:
+            bias_backup = store_weights_backup(self.bias)
+        else:
+            bias_backup = None
         if bias_backup is not None and current_names != ():
             raise RuntimeError("no backup bias found and current bias are not unchanged")
         self.network_bias_backup = bias_backup
@@ -193,7 +217,7 @@ def network_apply_weights(self: torch.nn.Module) -> None:
         for net in loaded_networks:
             module = net.modules.get(network_layer_name, None)
             if module is None or not hasattr(self, "weight"):
-                continue
+                continue  # the MultiheadAttention q/k/v/out merge is left out (no tiny UNet has one)
             try:
                 with torch.no_grad():
                     weight, bias = self.weight, self.bias
@@ -208,8 +232,68 @@ def network_apply_weights(self: torch.nn.Module) -> None:
                             self.bias.copy_((bias + ex_bias).to(dtype=self.bias.dtype))
             except RuntimeError as e:
                 logging.debug(f"Network {net.name} layer {network_layer_name}: {e}")
-                errors[net.name] = errors.get(net.name, 0) + 1
+                extra_network_lora.errors[net.name] = extra_network_lora.errors.get(net.name, 0) + 1
         self.network_current_names = wanted_names
+
+
+def network_forward(org_module: torch.nn.Module, input: torch.Tensor, original_forward: Callable) -> torch.Tensor:
+    """networks.py lines 545-569: the "old method" (``lora_functional``): the layer's own output plus each
+    network's, after restoring the layer from its backup."""
+    if len(loaded_networks) == 0:
+        return original_forward(org_module, input)
+    input = devices.cond_cast_unet(input)
+    network_restore_weights_from_backup(org_module)
+    network_reset_cached_weight(org_module)
+    y = original_forward(org_module, input)
+    network_layer_name = getattr(org_module, "network_layer_name", None)
+    for lora in loaded_networks:
+        module = lora.modules.get(network_layer_name, None)
+        if module is not None:
+            y = module.forward(input, y)
+    return y
+
+
+def network_reset_cached_weight(self: torch.nn.Module) -> None:
+    self.network_current_names = ()
+    self.network_weights_backup = None
+    self.network_bias_backup = None
+
+
+def _layer_forward(cls_name: str) -> Callable:
+    """``network_<Class>_forward`` (networks.py lines 578-641): merge the loaded networks, then the class's
+    original forward (``originals.<Class>_forward``); the functional mode instead for all but
+    MultiheadAttention."""
+    def forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        original = getattr(originals, f"{cls_name}_forward")
+        if cls_name != "MultiheadAttention" and shared.opts.lora_functional:
+            return network_forward(self, *args, original)
+        network_apply_weights(self)
+        return original(self, *args, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = f"network_{cls_name}_forward"
+    return forward
+
+
+def _layer_load_state_dict(cls_name: str) -> Callable:
+    """``network_<Class>_load_state_dict``: new weights make the backups stale."""
+    def load_state_dict(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        network_reset_cached_weight(self)
+        return getattr(originals, f"{cls_name}_load_state_dict")(self, *args, **kwargs)
+
+    load_state_dict.__name__ = load_state_dict.__qualname__ = f"network_{cls_name}_load_state_dict"
+    return load_state_dict
+
+
+network_Linear_forward = _layer_forward("Linear")
+network_Linear_load_state_dict = _layer_load_state_dict("Linear")
+network_Conv2d_forward = _layer_forward("Conv2d")
+network_Conv2d_load_state_dict = _layer_load_state_dict("Conv2d")
+network_GroupNorm_forward = _layer_forward("GroupNorm")
+network_GroupNorm_load_state_dict = _layer_load_state_dict("GroupNorm")
+network_LayerNorm_forward = _layer_forward("LayerNorm")
+network_LayerNorm_load_state_dict = _layer_load_state_dict("LayerNorm")
+network_MultiheadAttention_forward = _layer_forward("MultiheadAttention")
+network_MultiheadAttention_load_state_dict = _layer_load_state_dict("MultiheadAttention")
 
 
 def lora_dir() -> str:
@@ -236,7 +320,9 @@ available_networks: dict[str, network.NetworkOnDisk] = {}
 available_network_aliases: dict[str, network.NetworkOnDisk] = {}
 loaded_networks: list[network.Network] = []
 networks_in_memory: dict[str, network.Network] = {}
-errors: dict[str, int] = {}
-"""The WebUI keeps this on ``extra_network_lora.errors``: merge failures per network."""
+originals: Any = None
+"""lora_patches.LoraPatches, set by lora_script at import: the layer classes' original methods."""
+extra_network_lora: Any = None
+"""extra_networks_lora.ExtraNetworkLora, set by lora_script's before_ui; its ``errors`` count merge failures."""
 
 list_available_networks()

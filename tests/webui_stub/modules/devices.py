@@ -15,6 +15,12 @@ dtype_unet = torch.float32
 unet_needs_upcast = False
 fp8 = False
 
+
+
+def cond_cast_unet(input: torch.Tensor) -> torch.Tensor:
+    return input.to(dtype_unet) if unet_needs_upcast else input
+
+
 gc_calls = 0
 """The stand-in's addition: how often ``torch_gc`` ran."""
 

@@ -4,8 +4,10 @@
 → ``process_images_inner``: ``scripts.process`` → ``p.init`` and ``sd_unet.apply_unet()`` → per batch:
 ``reload_model_weights`` → ``before_process_batch`` → extra networks parsed and activated →
 ``process_batch`` → conds → ``p.sample``: ``process_before_every_sampling`` → sampling (→ for hires fix:
-conds again, ``before_hr``, ``process_before_every_sampling``, sampling at the upscaled size) →
-``post_sample`` → ``scripts.postprocess`` → old settings put back (without re-applying sd_unet).
+the hires checkpoint loaded under ``SkipWritingToConfig`` (processing.py lines 1256-1262, 1359-1360; the
+loaded one again without ``hr_checkpoint_name``), conds again, ``before_hr``, ``process_before_every_sampling``,
+sampling at the upscaled size) → ``post_sample`` → ``scripts.postprocess`` → old settings put back
+(without re-applying sd_unet).
 
 Images stay latents (no VAE); ``Processed.images`` holds the final latents of each batch.
 """
@@ -47,6 +49,8 @@ class StableDiffusionProcessing:
     script_args: tuple = ()
     scripts: Any = None
     is_api: bool = False
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
     is_hr_pass: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -57,7 +61,11 @@ class StableDiffusionProcessing:
         self.uc = None
         self.iteration = 0
         self.extra_network_data: dict = {}
+        self.refiner_checkpoint_info = None
         self.comments: dict[str, int] = {}
+
+    def comment(self, text: str) -> None:
+        self.comments[text] = 1
 
     def setup_prompts(self) -> None:
         n = self.batch_size * self.n_iter
@@ -109,6 +117,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     hr_second_pass_steps: int = 0
     hr_resize_x: int = 0
     hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,6 +125,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.hr_upscale_to_y = self.height
         self.hr_c = None
         self.hr_uc = None
+        self.hr_checkpoint_info = None
 
     def calculate_target_resolution(self) -> None:
         if self.hr_resize_x == 0 and self.hr_resize_y == 0:
@@ -128,6 +138,11 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     def init(self, all_prompts: list[str], all_seeds: list[int], all_subseeds: list[int]) -> None:
         if self.enable_hr:
             self.denoising_strength = 0.7 if self.denoising_strength is None else self.denoising_strength
+            if self.hr_checkpoint_name and self.hr_checkpoint_name != "Use same checkpoint":
+                self.hr_checkpoint_info = sd_models.get_closet_checkpoint_match(self.hr_checkpoint_name)
+                if self.hr_checkpoint_info is None:
+                    raise Exception(f"Could not find checkpoint with name {self.hr_checkpoint_name}")
+                self.extra_generation_params["Hires checkpoint"] = self.hr_checkpoint_info.short_title
             self.calculate_target_resolution()
             self.extra_generation_params["Hires upscale"] = self.hr_scale
 
@@ -151,13 +166,15 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
                                       image_conditioning=self.txt2img_image_conditioning(x))
         if not self.enable_hr:
             return samples
+        with sd_models.SkipWritingToConfig():  # the hires pass's checkpoint (the same one when it is None)
+            sd_models.reload_model_weights(info=self.hr_checkpoint_info)
         return self.sample_hr_pass(samples)
 
     def sample_hr_pass(self, samples: torch.Tensor) -> torch.Tensor:
         self.is_hr_pass = True
         target = (self.hr_upscale_to_y // opt_f, self.hr_upscale_to_x // opt_f)
         samples = torch.nn.functional.interpolate(samples, size=target, mode="bilinear")
-        self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
+        self.sampler = sd_samplers.create_sampler(self.sampler_name, shared.sd_model)
         noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(self.seeds[0] + 1)).to(samples)
         image_conditioning = self.txt2img_image_conditioning(samples)
         with devices.autocast():
@@ -248,6 +265,11 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.setup_prompts()
     p.all_seeds = [int(p.seed) + x for x in range(len(p.all_prompts))]
     p.all_subseeds = list(p.all_seeds)
+
+    if p.refiner_checkpoint not in (None, "", "None", "none"):
+        p.refiner_checkpoint_info = sd_models.get_closet_checkpoint_match(p.refiner_checkpoint)
+        if p.refiner_checkpoint_info is None:
+            raise Exception(f"Could not find checkpoint with name {p.refiner_checkpoint}")
 
     if p.scripts is not None:
         p.scripts.process(p)

@@ -1,6 +1,7 @@
 """Mirrors modules/sd_models.py (with sd_models_xl.py and the ldm/sgm model wrappers) where the extension
 meets it: ``CheckpointInfo`` names, ``model_data``/``shared.sd_model``, ``reload_model_weights`` with its
-``apply_unet("None")`` before and ``apply_unet()`` after a switch, and a loaded model object whose
+``apply_unet("None")`` before a switch, a new model for another config or the weights loaded in place and
+``apply_unet()`` after for the same config, ``SkipWritingToConfig``, and a loaded model object whose
 ``.model.diffusion_model`` is the UNet, called the way ldm's ``DiffusionWrapper`` and sgm's
 ``OpenAIWrapper`` call it.
 
@@ -216,6 +217,7 @@ class SdModel(torch.nn.Module):
         self.cond_stage_model = TextEncoder(spec.context_dim, spec.adm_dim)
         self.latent_channels = 4
         self.lowvram = False
+        self.used_config = used_config(spec)
         self.sd_checkpoint_info = info
         self.sd_model_checkpoint = info.filename
         self.sd_model_hash = info.shorthash
@@ -271,21 +273,60 @@ class SdModelData:
 model_data = SdModelData()
 
 
+class SkipWritingToConfig:
+    """sd_models.py lines 350-362: loads inside it (a hires checkpoint, the refiner) leave the
+    ``sd_model_checkpoint`` setting alone, so the next job loads the user's checkpoint again."""
+
+    skip = False
+
+    def __enter__(self) -> SkipWritingToConfig:
+        self.previous = SkipWritingToConfig.skip
+        SkipWritingToConfig.skip = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        SkipWritingToConfig.skip = self.previous
+
+
+def used_config(spec: CheckpointSpec) -> tuple:
+    """What ``sd_models_config.find_checkpoint_config`` tells apart: checkpoints of one config share a model
+    object (their weights are loaded into it in place)."""
+    return spec.context_dim, spec.adm_dim, spec.in_channels, spec.parameterization
+
+
+def load_model_weights(sd_model: SdModel, checkpoint_info: CheckpointInfo) -> None:
+    """sd_models.py lines 410-489: the checkpoint's weights into the existing model, in place
+    (``load_state_dict``, which the Lora extension's patch sees: it drops the layers' LoRA backups)."""
+    if not SkipWritingToConfig.skip:
+        shared.opts.data["sd_model_checkpoint"] = checkpoint_info.title
+    state = _specs[checkpoint_info.filename].make_unet().state_dict()
+    sd_model.model.diffusion_model.load_state_dict(state)
+    sd_model.sd_model_hash = checkpoint_info.shorthash
+    sd_model.sd_model_checkpoint = checkpoint_info.filename
+    sd_model.sd_checkpoint_info = checkpoint_info
+
+
 def load_model(checkpoint_info: CheckpointInfo | None = None) -> SdModel:
     checkpoint_info = checkpoint_info or select_checkpoint()
     checkpoint_info.calculate_shorthash()  # get_checkpoint_state_dict and load_model_weights, lines 333/411
     sd_model = SdModel(checkpoint_info, _specs[checkpoint_info.filename])
+    if not SkipWritingToConfig.skip:
+        shared.opts.data["sd_model_checkpoint"] = checkpoint_info.title
     sd_hijack.model_hijack.hijack(sd_model)
     sd_model.to(devices.device)
     model_data.set_sd_model(sd_model)
     model_data.was_loaded_at_least_once = True
-    shared.opts.data["sd_model_checkpoint"] = checkpoint_info.title
     script_callbacks.model_loaded_callback(sd_model)
     return sd_model
 
 
 def reload_model_weights(sd_model: SdModel | None = None, info: CheckpointInfo | None = None,
                          forced_reload: bool = False) -> SdModel:
+    """sd_models.py lines 940-1002 with one model kept (``sd_checkpoints_limit`` 1, the default): the engine
+    is taken off (``apply_unet("None")``) and the model sent to the CPU; a checkpoint of another config gets a
+    new model (``load_model``, and no ``apply_unet`` after it), one of the same config is loaded into the
+    model in place, which goes back to the device, and ``apply_unet()`` then applies the sd_unet setting for
+    the new checkpoint (moving its UNet to the CPU again when an engine option is chosen)."""
     checkpoint_info = info or select_checkpoint()
     sd_model = sd_model or model_data.sd_model
     if sd_model is not None and sd_model.sd_model_checkpoint == checkpoint_info.filename and not forced_reload:
@@ -293,9 +334,20 @@ def reload_model_weights(sd_model: SdModel | None = None, info: CheckpointInfo |
     if sd_model is not None:
         sd_unet.apply_unet("None")
         sd_model.to(devices.cpu)
-    load_model(checkpoint_info)
+        sd_hijack.model_hijack.undo_hijack(sd_model)
+    if sd_model is None or used_config(_specs[checkpoint_info.filename]) != sd_model.used_config:
+        load_model(checkpoint_info)
+        return model_data.sd_model
+    try:
+        load_model_weights(sd_model, checkpoint_info)
+    finally:
+        sd_hijack.model_hijack.hijack(sd_model)
+        if not sd_model.lowvram:
+            sd_model.to(devices.device)
+        script_callbacks.model_loaded_callback(sd_model)
+    model_data.set_sd_model(sd_model)
     sd_unet.apply_unet()
-    return model_data.sd_model
+    return sd_model
 
 
 def apply_token_merging(sd_model: Any, token_merging_ratio: float) -> None:

@@ -58,7 +58,7 @@ class KDiffusionSampler:
 
     def _run(self, p: Any, x: torch.Tensor, sigmas: torch.Tensor, c: Any, uc: Any,
              image_conditioning: torch.Tensor) -> torch.Tensor:
-        denoiser = CFGDenoiser(self.model_wrap, p)
+        denoiser = CFGDenoiser(self, p)
         denoiser.total_steps = len(sigmas) - 1
         self.sampler_extra_args = {"cond": c, "image_cond": image_conditioning, "uncond": uc,
                                    "cond_scale": p.cfg_scale, "s_min_uncond": p.s_min_uncond}

@@ -1,7 +1,8 @@
 """Mirrors modules/sd_samplers_cfg_denoiser.py ``CFGDenoiser.forward``: how cond and uncond rows are batched
 into UNet calls (``batch_cond_uncond``, cond/uncond of different lengths as separate calls,
 ``pad_cond_uncond``/``pad_cond_uncond_v0``, skipped uncond for NGMS and Skip Early CFG, AND repeats,
-image conditioning). Edit (instruct-pix2pix) models, mask blending and the cfg callbacks are left out."""
+image conditioning, the refiner switch at the start of a step, the model wrapper made from the model
+loaded now). Edit (instruct-pix2pix) models, mask blending and the cfg callbacks are left out."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-from modules import prompt_parser, shared
+from modules import prompt_parser, sd_samplers_common, shared
 
 
 def catenate_conds(conds: list[Any]) -> Any:
@@ -36,14 +37,31 @@ def _crossattn(cond: Any) -> torch.Tensor:
 
 
 class CFGDenoiser(torch.nn.Module):
-    def __init__(self, inner_model: Any, p: Any) -> None:
+    def __init__(self, sampler: Any, p: Any) -> None:
         super().__init__()
-        self.inner_model = inner_model
+        self.sampler = sampler
+        self.model_wrap = None
         self.p = p
         self.step = 0
         self.total_steps = 1
         self.padded_cond_uncond = False
         self.padded_cond_uncond_v0 = False
+
+    @property
+    def inner_model(self) -> Any:
+        """sd_samplers_kdiffusion.py lines 54-64: the denoiser around the model loaded now, made on first use
+        and again after a refiner switch."""
+        if self.model_wrap is None:
+            from modules.sd_samplers import CompVisDenoiser
+
+            self.model_wrap = CompVisDenoiser(shared.sd_model)
+        return self.model_wrap
+
+    def update_inner_model(self) -> None:
+        self.model_wrap = None
+        c, uc = self.p.get_conds()
+        self.sampler.sampler_extra_args["cond"] = c
+        self.sampler.sampler_extra_args["uncond"] = uc
 
     def combine_denoised(self, x_out: torch.Tensor, conds_list: list, uncond: Any, cond_scale: float) -> torch.Tensor:
         denoised_uncond = x_out[-_crossattn(uncond).shape[0]:]
@@ -84,6 +102,9 @@ class CFGDenoiser(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, uncond: Any, cond: Any, cond_scale: float,
                 s_min_uncond: float, image_cond: torch.Tensor) -> torch.Tensor:
         opts = shared.opts
+        if sd_samplers_common.apply_refiner(self, sigma):
+            cond = self.sampler.sampler_extra_args["cond"]
+            uncond = self.sampler.sampler_extra_args["uncond"]
         conds_list, tensor = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step)
 
