@@ -32,6 +32,7 @@ def builds(lora_webui, monkeypatch):
     webui.load("sd1.safetensors")
     webui.shared.opts.set("sd_unet", "None")
     webui.shared.opts.set("trt_backend", "tensorrt_rtx")
+    webui.shared.opts.set("trt_compute_capability", "8.9")  # a target, so the build is not refused up front
     extension = webui.module("trt_webui.extension")
     exported: list[Path] = []
     monkeypatch.setattr(extension, "build_stage", lambda onnx_path, *args, **kwargs: exported.append(onnx_path))
