@@ -16,14 +16,15 @@ from trt_lib.backends.trt10 import gpu_capability
 from trt_lib.errors import BackendUnavailableError, TrtError
 from trt_lib.families import Family, get_family
 from trt_lib.jobs import Job, JobQueue
+from trt_lib.onnx_runtime import reference_runner
 from trt_lib.pipeline import BuildRequest, build_stage, export_stage
 from trt_lib.profiles import Profile
 from trt_lib.runtime import EngineRunner
 from trt_lib.store import EngineEntry, EngineStore, Problem, Runtime
 from trt_lib.unet_session import UnetSession
 
-from . import loaded_model, lora_bake, prompt_loras, settings
-from .provider import OptionCache
+from . import loaded_model, lora_bake, prompt_loras, reference_runtime, settings
+from .provider import LABEL_PREFIX, OptionCache
 
 RunnerFactory = Callable[[EngineStore, EngineEntry], EngineRunner]
 
@@ -34,6 +35,11 @@ def backend_runner(store: EngineStore, entry: EngineEntry) -> EngineRunner:
     return get_backend(entry.backend).load_runner(
         store.engine_path(entry), family.input_names, family.output_name,
         [family.engine_shapes(p) for p in entry.parsed_profiles], onnx_path=store.onnx_path(entry))
+
+
+def selected_runner(store: EngineStore, entry: EngineEntry) -> EngineRunner:
+    """Load ``entry`` with what "Run engines with" names: its backend, or ONNX Runtime on its ONNX export."""
+    return (reference_runner if reference_runtime.selected() else backend_runner)(store, entry)
 
 
 @dataclass(frozen=True)
@@ -49,12 +55,12 @@ class EngineListing:
 
 
 class Extension:
-    """Shared state; ``runner_factory`` is swapped by tests for the ONNX Runtime stand-in."""
+    """Shared state; ``runner_factory`` picks the runtime (tests swap it)."""
 
     def __init__(self) -> None:
         self.jobs = JobQueue()
         self.options = OptionCache(self.open_session)
-        self.runner_factory: RunnerFactory = backend_runner
+        self.runner_factory: RunnerFactory = selected_runner
         self._store: EngineStore | None = None
         self._runtime: Runtime | None = None
         self.discarded: list[str] = []
@@ -72,7 +78,14 @@ class Extension:
         return self._store
 
     def runtime(self) -> Runtime | None:
-        """The backend and GPU engines must match; None when the backend cannot be loaded here."""
+        """What engines must match to run here: the backend and GPU, or under the reference runtime only their
+        ONNX export; None when the backend (or ONNX Runtime) cannot be loaded here."""
+        if reference_runtime.selected():
+            return reference_runtime.runtime()
+        return self.backend_runtime()
+
+    def backend_runtime(self) -> Runtime | None:
+        """The selected backend's version and this GPU; None when the backend cannot be loaded here."""
         try:
             backend = get_backend(settings.backend())
             return Runtime(backend.name, backend.version(), gpu_capability())
@@ -103,7 +116,8 @@ class Extension:
         """The engines with their problems and whether they run here, as the tab and the API list them."""
         entries = self.store.entries()
         problems = {p.entry_id: p.reason for p in self.problems()}
-        no_gpu = "" if gpu_capability() else "no CUDA GPU here to run it (it runs on the GPU it was built for)"
+        no_gpu = "" if gpu_capability() or reference_runtime.selected() else \
+            "no CUDA GPU here to run it (it runs on the GPU it was built for)"
         return EngineListing(entries, problems, {e.id: problems.get(e.id, no_gpu) for e in entries})
 
     # -- sd_unet --------------------------------------------------------------------------------------
@@ -117,7 +131,8 @@ class Extension:
         except TrtError as e:
             print(f"[TensorRT] engine list unavailable: {e}")
             return
-        unet_list.extend(self.options.options(sorted({(e.checkpoint, e.lora_label) for e in entries})))
+        prefix = reference_runtime.PREFIX if reference_runtime.selected() else LABEL_PREFIX
+        unet_list.extend(self.options.options(sorted({(e.checkpoint, e.lora_label) for e in entries}), prefix))
 
     def refresh_unets(self) -> None:
         sd_unet.list_unets()
@@ -131,6 +146,8 @@ class Extension:
             raise TrtError(f"no usable engine for {checkpoint}: {reasons}")
         family = get_family(entries[0].family)
         store = self.store
+        if reference_runtime.selected():
+            print(f"[TensorRT] {checkpoint}: engines run on ONNX Runtime (reference), to check them, not for speed")
         return UnetSession(entries, family, checkpoint, lambda entry: self.runner_factory(store, entry),
                            loras=None if lora_label else prompt_loras.refitter(store))
 

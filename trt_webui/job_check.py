@@ -18,7 +18,7 @@ from trt_lib.job_shapes import JobSpec, Pass, unet_calls
 from trt_lib.matching import plan
 from trt_lib.profiles import TOKENS_PER_CHUNK, tokens_for_context
 
-from . import loaded_model, prompt_loras, settings
+from . import loaded_model, prompt_loras, reference_runtime, settings
 from .provider import TrtUnet, checkpoint_mismatch
 
 FELL_BACK = "_trt_fell_back"
@@ -52,6 +52,7 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
         plan(session.entries, calls, model.family, model.title)
         session.preload(calls[0])  # an engine that cannot load here (no GPU, other GPU) is found before any step
         prompt_loras.before_sampling(p, session)
+        reference_runtime.note_in_infotext(p, session)
     except TrtError as e:
         reject(p, unet, e)
 

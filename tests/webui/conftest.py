@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # trt_lib for the tests' own use (tiny UNets, exports, the store)
 
 from trt_lib.families import get_family  # noqa: E402
-from trt_lib.onnx_runtime import stand_in_runner  # noqa: E402
+from trt_lib.onnx_runtime import reference_runner  # noqa: E402
 from trt_lib.profiles import Profile  # noqa: E402
 from trt_lib.store import EngineEntry, Runtime  # noqa: E402
 from trt_lib.tiny_unets import make_unet  # noqa: E402
@@ -99,7 +99,7 @@ class Webui:
     def use_stand_in(self) -> None:
         """Engines of the stand-in runtime count as usable and run on ONNX Runtime."""
         self.monkeypatch.setattr(self.EXT, "runtime", lambda: STAND_IN)
-        self.monkeypatch.setattr(self.EXT, "runner_factory", stand_in_runner)
+        self.monkeypatch.setattr(self.EXT, "runner_factory", reference_runner)
 
     def add_engine(self, checkpoint: str, family: str, profile: Profile | dict,
                    loras: list[dict] | None = None) -> EngineEntry:
