@@ -12,13 +12,13 @@ from trt_lib.errors import TrtError
 from trt_lib.install_plan import BACKEND_LABELS, InstallStatus
 from trt_lib.profiles import DIMENSIONS, Profile
 
-from . import loaded_model, lora_bake, settings
+from . import engine_check, loaded_model, lora_bake, reference_runtime, settings
 from .extension import EXT
 from .fit_check import FitQuestion, check_fit
 
 INSTALL_STATUS = settings.EXTENSION_DIR / "install-status.json"
 CUSTOM = "Custom (advanced)"
-ENGINE_COLUMNS = ["id", "checkpoint", "family", "profiles", "LoRAs", "backend", "MB", "created", "status"]
+ENGINE_COLUMNS = ["id", "checkpoint", "family", "profiles", "LoRAs", "backend", "MB", "created", "status", "check"]
 
 
 def status_markdown() -> str:
@@ -30,12 +30,14 @@ def status_markdown() -> str:
     except TrtError as e:
         lines.append(f"**Checkpoint:** {e}")
     backend = settings.backend()
-    runtime = EXT.runtime()
+    runtime = EXT.backend_runtime()
     if runtime is None:
         lines.append(f"**{BACKEND_LABELS[backend]} is not available**: {EXT.backend_problem()}")
     else:
         lines.append(f"**Backend:** {BACKEND_LABELS[backend]} {runtime.backend_version}"
                      + (f", GPU compute capability {runtime.compute_capability}" if runtime.compute_capability else ""))
+    if reference_runtime.selected():
+        lines.append(reference_runtime.status())
     status = InstallStatus.read(INSTALL_STATUS)
     for name, why in (status.failed.items() if status else []):
         lines.append(f"**install.py could not install {name}:** {why}")
@@ -130,16 +132,25 @@ def engine_rows() -> list[list[Any]]:
     try:
         listing = EXT.listing()
     except TrtError as e:
-        return [["", "", "", str(e), "", "", "", "", "error"]]
+        return [["", "", "", str(e), "", "", "", "", "error", ""]]
     return [[e.id, e.checkpoint, e.family, "; ".join(p.label() for p in e.parsed_profiles), e.lora_label,
              f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1), e.created,
-             listing.status[e.id] or "ok"] for e in listing.entries]
+             listing.status[e.id] or "ok", e.check.get("summary", "not checked")] for e in listing.entries]
 
 
 def delete(engine_id: str) -> tuple[str, list]:
     try:
         EXT.delete(engine_id.strip())
         return f"Deleted {engine_id}.", engine_rows()
+    except TrtError as e:
+        return f"⚠ {e}", engine_rows()
+
+
+def check_engine(engine_id: str, progress: gr.Progress = gr.Progress()) -> tuple[str, list]:  # noqa: B008
+    """Check engine: its figures against the PyTorch UNet, with what to do when it fails."""
+    try:
+        entry, report = engine_check.check(engine_id.strip(), progress=lambda f, text: progress(f, desc=text))
+        return engine_check.report_markdown(entry, report), engine_rows()
     except TrtError as e:
         return f"⚠ {e}", engine_rows()
 
@@ -199,7 +210,8 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
         gr.Markdown("### Engines")
         engines = gr.Dataframe(engine_rows, headers=ENGINE_COLUMNS, interactive=False, wrap=True)
         with gr.Row():
-            engine_id = gr.Textbox(label="Engine id to delete", elem_id="trt_delete_id")
+            engine_id = gr.Textbox(label="Engine id (to check or delete)", elem_id="trt_delete_id")
+            check_button = gr.Button("Check engine", elem_id="trt_check")
             delete_button, refresh_button = gr.Button("Delete engine"), gr.Button("Refresh")
         deleted = gr.Markdown()
 
@@ -208,6 +220,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
         build_button.click(build, [preset, loras, refit, *fields], [result, job_id, engines]).then(
             None, _js="trtRefreshUnetList")
         cancel_button.click(cancel, job_id, result)
+        check_button.click(check_engine, engine_id, [deleted, engines])
         delete_button.click(delete, engine_id, [deleted, engines]).then(None, _js="trtRefreshUnetList")
         refresh_button.click(lambda current: (engine_rows(), status_markdown(), refreshed_presets(current)),
                              preset, [engines, status, preset])
