@@ -200,3 +200,25 @@ def test_prompt_loras_of_an_inner_job_reach_the_engine(lora_webui):
     assert float((with_a.images[0] - torch_a.images[0]).norm() / torch_a.images[0].norm()) <= 1e-4
     assert float((with_a.images[0] - base.images[0]).norm() / base.images[0].norm()) > 1e-3
     assert float((back.images[0] - base.images[0]).norm() / base.images[0].norm()) < 1e-4
+
+
+def test_engine_check_merges_the_baked_loras_and_never_an_earlier_jobs(lora_webui, tmp_path):
+    webui = lora_webui
+    webui.add_checkpoint("sd1.safetensors", "sd1")
+    webui.load("sd1.safetensors")
+    webui.shared.opts.set("trt_run_with", "ONNX Runtime (reference)")
+    unet, loras = webui.unet(), [{"name": "sd1_a", "weight": 0.8}]
+    with webui.module("trt_webui.lora_bake").baked(unet, loras):
+        export_onnx(unet, get_family("sd1"), tmp_path / "baked" / "unet.onnx", dtype=torch.float32)
+    baked = webui.add_engine("sd1.safetensors", "sd1", SMALL, loras=loras, onnx=tmp_path / "baked" / "unet.onnx")
+    plain = webui.add_engine("sd1.safetensors", "sd1", SMALL)
+    claims = webui.add_engine("sd1.safetensors", "sd1", SMALL, loras=loras)  # says sd1_a, holds the base weights
+    webui.shared.opts.set("sd_unet", "None")
+    first = job(webui, "a cat <lora:sd1_b:1>")  # the WebUI merges sd1_b into its layers and leaves it there
+    check = webui.module("trt_webui.engine_check").check
+    assert check(baked.id)[1].passed
+    assert check(plain.id)[1].passed, "sd1_b of the last job must not reach the reference"
+    assert not check(claims.id)[1].passed
+    base = make_unet("sd1").state_dict()
+    assert all(torch.equal(v, base[k]) for k, v in unet.state_dict().items()), "the UNet is back at its weights"
+    assert torch.equal(job(webui, "a cat <lora:sd1_b:1>").images[0], first.images[0])
