@@ -89,3 +89,20 @@ def test_pip_errors_are_summarised_from_their_error_lines():
     assert summary.splitlines() == ["ERROR: Could not find a version that satisfies the requirement tensorrt-cu12",
                                     "ERROR: No matching distribution found for tensorrt-cu12"]
     assert pip_error_summary("a\nb\nc\nd") == "b\nc\nd"
+
+
+@pytest.mark.catalogue("install")
+@pytest.mark.parametrize(("run_with", "cuda", "expected"), [
+    ("TensorRT", True, []),
+    ("ONNX Runtime (reference)", False, ["install onnxruntime"]),
+    ("ONNX Runtime (reference)", True, ["install onnxruntime-gpu"]),
+])
+def test_onnx_runtime_is_installed_only_for_the_reference_runtime(tmp_path, run_with, cuda, expected):
+    calls = []
+    status = install("tensorrt", lambda name: name in ALL, lambda args, desc: calls.append(args),
+                     tmp_path / "status.json", flavour="cu12", run_with=run_with, cuda=cuda)
+    assert calls == expected and status.installed == (["onnxruntime"] if expected else [])
+    calls.clear()
+    install("tensorrt", lambda name: name in ALL | {"onnxruntime"}, lambda args, desc: calls.append(args),
+            tmp_path / "status.json", flavour="cu12", run_with=run_with, cuda=cuda)
+    assert calls == []  # either build provides the module onnxruntime
