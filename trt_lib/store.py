@@ -65,6 +65,8 @@ class EngineEntry:
             entry = cls(**{k: v for k, v in data.items() if k in known})
             check_id(entry.id)
             [Profile.from_dict(p) for p in entry.profiles]
+            if not isinstance(entry.check, dict):
+                raise ValueError(f"check is {type(entry.check).__name__}, not an object")
         except (TypeError, ValueError) as e:
             raise StoreError(f"malformed manifest entry {data.get('id', '?')!r}: {e}") from e
         return entry
