@@ -50,3 +50,26 @@ def exported_onnx(tiny_unet, tmp_path_factory) -> Callable[[str, torch.dtype], P
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def corrupted_onnx(exported_onnx, tmp_path_factory) -> Callable[[str, str, float], Path]:
+    """``corrupted_onnx("sd1", "conv_in.weight", 1.05)``: a copy of the family's fp32 export (with its weight
+    map) whose one weight is scaled, as a bad export or engine built from other weights would hold it;
+    ``float("nan")`` puts NaN into it."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    def make(family_name: str, weight: str, scale: float) -> Path:
+        source = exported_onnx(family_name, torch.float32)
+        folder = tmp_path_factory.mktemp("corrupted") / f"{family_name}-{weight}-{scale}"
+        shutil.copytree(source.parent, folder)
+        model = onnx.load(str(folder / source.name))
+        init = next(i for i in model.graph.initializer if i.name == weight)
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * scale, weight))
+        onnx.save(model, str(folder / source.name))
+        return folder / source.name
+
+    return make

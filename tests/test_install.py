@@ -145,3 +145,20 @@ def test_the_backend_setting_is_the_one_source_of_truth_and_the_variable_its_def
     assert configured_backend(config, rtx) == "tensorrt"  # the setting wins, and says so
     assert backend_note("tensorrt", rtx).startswith("SD_WEBUI_TRT_BACKEND=tensorrt_rtx is not used")
     assert backend_note("tensorrt_rtx", rtx) == backend_note("tensorrt", {}) == ""
+
+
+@pytest.mark.catalogue("install")
+@pytest.mark.parametrize(("run_with", "cuda", "expected"), [
+    ("TensorRT", True, []),
+    ("ONNX Runtime (reference)", False, ["install onnxruntime"]),
+    ("ONNX Runtime (reference)", True, ["install onnxruntime-gpu"]),
+])
+def test_onnx_runtime_is_installed_only_for_the_reference_runtime(tmp_path, run_with, cuda, expected):
+    calls = []
+    status = install("tensorrt", lambda name: name in ALL, lambda args, desc: calls.append(args),
+                     tmp_path / "status.json", flavour="cu12", run_with=run_with, cuda=cuda)
+    assert calls == expected and status.installed == (["onnxruntime"] if expected else [])
+    calls.clear()
+    install("tensorrt", lambda name: name in ALL | {"onnxruntime"}, lambda args, desc: calls.append(args),
+            tmp_path / "status.json", flavour="cu12", run_with=run_with, cuda=cuda)
+    assert calls == []  # either build provides the module onnxruntime

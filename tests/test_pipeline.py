@@ -11,7 +11,7 @@ import torch
 
 from trt_lib.errors import BuildCancelled, BuildError, EngineRunError, ExportError
 from trt_lib.families import get_family, load_families
-from trt_lib.onnx_runtime import stand_in_runner
+from trt_lib.onnx_runtime import reference_runner
 from trt_lib.pipeline import BuildRequest, build_engine, export_stage
 from trt_lib.profiles import UnetCall
 from trt_lib.store import EngineStore
@@ -43,7 +43,7 @@ def test_each_family_exports_builds_records_and_runs(family_name, tiny_unet, tmp
     assert store.engine_path(again).stat().st_size == again.engine_bytes > 0
     assert store.usable() == [again]
 
-    runner = stand_in_runner(store, again)
+    runner = reference_runner(store, again)
     preset = family.default_preset.profile
     lo, hi = preset.height.min // 8, preset.height.max // 8
     for call in (UnetCall(2 * preset.batch.max, lo, lo, 154), UnetCall(preset.batch.min, hi, lo, 77)):
@@ -108,4 +108,4 @@ def test_an_engine_whose_onnx_went_missing_is_a_clear_error(tiny_unet, tmp_path)
     entry = build_engine(tiny_unet("sd1"), request_for("sd1"), store)
     store.onnx_path(entry).unlink()
     with pytest.raises(EngineRunError, match="cannot load"):
-        stand_in_runner(store, entry)
+        reference_runner(store, entry)

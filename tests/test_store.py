@@ -268,3 +268,36 @@ def test_a_failed_record_leaves_no_engine_file_behind(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match="cannot be read"):
         build_stage(tmp_path / "unet.onnx", request, store)
     assert not list(tmp_path.glob("*.engine*"))
+
+
+@pytest.mark.catalogue("files")
+def test_a_check_report_is_recorded_in_its_entry_alone(tmp_path):
+    store = EngineStore(tmp_path)
+    checked, other = store.add(make_entry(store)), store.add(make_entry(store))
+    report = {"passed": False, "summary": "CHECK FAILED at profile 1 max: …"}
+    assert store.record_check(checked.id, report).check == report
+    assert EngineStore(tmp_path).get(checked.id).check == report and store.get(other.id).check == {}
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreError, match="no engine 'gone-12345678'"):
+        store.record_check("gone-12345678", report)
+    assert snapshot(tmp_path) == before and not list(tmp_path.glob("*.partial*"))
+
+
+@pytest.mark.catalogue("files")
+def test_under_the_reference_runtime_only_the_onnx_export_must_be_there(tmp_path):
+    store = EngineStore(tmp_path)
+    entry = store.add(make_entry(store))  # built for tensorrt_rtx 1.7.1 on 8.9
+    onnx = Runtime("onnxruntime", "1.32.0", None, runs_onnx=True)
+    assert "no ONNX export of it (onnx/x/unet.onnx)" in store.unusable_reason(entry, onnx)
+    (tmp_path / "onnx" / "x").mkdir(parents=True)
+    (tmp_path / "onnx" / "x" / "unet.onnx").write_bytes(b"onnx")
+    assert store.usable(onnx) == [entry] and store.usable(Runtime("tensorrt", "10.9", "9.0")) == []
+
+
+def test_a_malformed_check_makes_the_entry_malformed(tmp_path):
+    store = EngineStore(tmp_path)
+    entry = store.add(make_entry(store))
+    data = json.loads(store.manifest_path.read_text())
+    data["engines"][0]["check"] = ["not", "a", "report"]
+    store.manifest_path.write_text(json.dumps(data))
+    assert store.entries() == [] and "check is list" in store.problems()[0].reason and entry.id

@@ -12,7 +12,7 @@ Modules, in the order data flows:
 - :mod:`trt_lib.pipeline` — export + build + record, the entry point for building
 - :mod:`trt_lib.matching` — which engine and profile serve a call, or why none does
 - :mod:`trt_lib.unet_session` — runs UNet calls on a checkpoint's engines
-- :mod:`trt_lib.onnx_runtime` — the ONNX Runtime stand-in for an engine, for tests and benchmarks
+- :mod:`trt_lib.onnx_runtime` — the reference runtime: an engine's ONNX on ONNX Runtime (a user choice)
 
 Heavy dependencies (onnx, onnxruntime, TensorRT) are imported only where used, so a WebUI whose install
 of them failed still starts.

@@ -1,7 +1,7 @@
 """``python -m trt_lib demo``: the whole path on a built-in tiny UNet, on a machine without a GPU.
 
 Makes a tiny real-architecture UNet of a family, exports it to ONNX, builds a TensorRT-for-RTX engine for a
-named compute capability, records it in an engine store, runs it through the ONNX Runtime stand-in at
+named compute capability, records it in an engine store, runs it through the ONNX Runtime reference runtime at
 several shapes of its profile and prints a table (shapes, error against PyTorch, times, sizes).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .families import get_family
-from .onnx_runtime import stand_in_runner
+from .onnx_runtime import reference_runner
 from .pipeline import BuildRequest, build_engine
 from .profiles import Profile, UnetCall, context_len
 from .store import EngineStore
@@ -42,8 +42,8 @@ def demo(family_name: str, folder: Path, compute_capability: str, dtype: torch.d
 
     entry = build_engine(unet, request, store, progress=progress)
     total = time.perf_counter() - t0
-    runner = stand_in_runner(store, entry)
-    rows = [["call (rows, px, tokens)", "rel. error vs PyTorch", "stand-in ms"]]
+    runner = reference_runner(store, entry)
+    rows = [["call (rows, px, tokens)", "rel. error vs PyTorch", "ONNX Runtime ms"]]
     for call in (UnetCall(1, 8, 8, 77), UnetCall(2, 16, 8, 154), UnetCall(4, 16, 16, 77)):
         feeds = family.example_inputs(call.batch, call.height, call.width, call.context_len, seed=1)
         with torch.no_grad():

@@ -30,12 +30,18 @@ def default_backend(environ: Mapping[str, str] = os.environ) -> str:
     return value if value in BACKEND_LABELS else "tensorrt"
 
 
+def configured(config: Path, key: str, default: str) -> str:
+    """A setting as the WebUI will read it from its config.json; ``default`` where it has none (yet)."""
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get(key, default)
+    except (OSError, ValueError, AttributeError):
+        return default
+    return value if isinstance(value, str) else default
+
+
 def configured_backend(config: Path, environ: Mapping[str, str] = os.environ) -> str:
     """The backend as the WebUI will read its setting: config.json's ``trt_backend``, else the default."""
-    try:
-        value = json.loads(config.read_text(encoding="utf-8")).get("trt_backend")
-    except (OSError, ValueError, AttributeError):
-        value = None
+    value = configured(config, "trt_backend", "")
     return value if value in BACKEND_LABELS else default_backend(environ)
 
 
@@ -47,6 +53,11 @@ def backend_note(chosen: str, environ: Mapping[str, str] = os.environ) -> str:
     return (f"{BACKEND_ENV}={wanted} is not used: it only sets the default, and Settings → TensorRT → \"Backend "
             f"that builds and runs engines\" holds {chosen}. Choose the backend there (install.py then installs "
             "it at the next start).")
+
+
+REFERENCE_RUNTIME = "ONNX Runtime (reference)"
+RUN_WITH = ("TensorRT", REFERENCE_RUNTIME)
+"""The choices of the setting "Run engines with" (``trt_run_with``); the first is the default."""
 
 
 @dataclass(frozen=True)
@@ -79,21 +90,27 @@ class InstallStatus:
             return None
 
 
-def cuda_flavour() -> str:
-    """``cu13`` when the installed torch is a CUDA 13 build, else ``cu12`` (the WebUI's default torch).
+def torch_cuda_major() -> int | None:
+    """The CUDA major version the installed torch was built for; None for a CPU torch (or no torch).
 
     Read from ``torch/version.py`` without importing torch (install.py runs at every start): PyPI's torch
     wheels carry no ``+cu13`` in their version, only that file says which CUDA they were built for.
     """
     spec = importlib.util.find_spec("torch")
     if spec is None or spec.origin is None:
-        return "cu12"
+        return None
     try:
         text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
     except OSError:
-        return "cu12"
+        return None
     found = re.search(r"^cuda(?:\s*:[^=]*)?\s*=\s*['\"](\d+)", text, re.MULTILINE)
-    return "cu13" if found and int(found.group(1)) >= 13 else "cu12"
+    return int(found.group(1)) if found else None
+
+
+def cuda_flavour() -> str:
+    """``cu13`` when the installed torch is a CUDA 13 build, else ``cu12`` (the WebUI's default torch)."""
+    major = torch_cuda_major()
+    return "cu13" if major is not None and major >= 13 else "cu12"
 
 
 def _imports(module: str) -> bool:
@@ -136,13 +153,14 @@ def failure_text(req: Requirement, backend: str, output: str) -> str:
     return f"{summary}\nInstall it by hand in the WebUI's Python and restart the WebUI: {by_hand}"
 
 
-def requirements(backend: str, flavour: str) -> list[Requirement]:
+def requirements(backend: str, flavour: str, run_with: str = RUN_WITH[0], cuda: bool = False) -> list[Requirement]:
     """Packages the extension needs with ``backend``, the engine package checked by its module name so that
     either CUDA flavour counts. onnx goes in without dependencies because it would otherwise upgrade the
     protobuf the WebUI pins (3.20), and below 1.19, the last releases that import with that protobuf and
     need no ``ml_dtypes``. Version specifiers are quoted: the WebUI runs pip through a shell, where an unquoted
     ``>=`` is a redirection. polygraphy is not among them: nothing uses it (backends/trt10.py says why its
-    loaders do not fit), so users are not made to download it."""
+    loaders do not fit), so users are not made to download it. ONNX Runtime only while "Run engines with" is
+    the reference runtime: the GPU build with a CUDA torch, else the CPU one (either provides ``onnxruntime``)."""
     engine = {
         # 11.3's REFIT builds may compute wrong results (its release notes); backends.trt10 refuses them too
         "tensorrt": Requirement("tensorrt", f'install "tensorrt-{flavour}>=10.0,!=11.3.*"', "builds and runs engines"),
@@ -151,20 +169,26 @@ def requirements(backend: str, flavour: str) -> list[Requirement]:
     }
     if backend not in engine:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(engine)}")
-    return [
+    found = [
         Requirement("onnx", 'install --no-deps "onnx>=1.14,<1.19"', "the UNet is exported to ONNX", probe="onnx"),
         Requirement("safetensors", "install safetensors", "reads LoRA files"),
         Requirement("filelock", "install filelock", "keeps the engine manifest safe with two writers"),
         engine[backend],
     ]
+    if run_with == REFERENCE_RUNTIME:
+        found.append(Requirement("onnxruntime", f"install onnxruntime{'-gpu' if cuda else ''}",
+                                 "the reference runtime runs engines' ONNX"))
+    return found
 
 
 def install(backend: str, is_installed: Callable[[str], bool], run_pip: Callable[[str, str], object],
             status_path: Path, flavour: str | None = None,
-            imports: Callable[[str], bool] = _imports) -> InstallStatus:
+            imports: Callable[[str], bool] = _imports, run_with: str = RUN_WITH[0],
+            cuda: bool | None = None) -> InstallStatus:
     """Install what is missing or broken; never raises for a failed package, records it instead."""
     status = InstallStatus(backend, when=time.strftime("%Y-%m-%d %H:%M:%S"))
-    for req in requirements(backend, flavour or cuda_flavour()):
+    cuda = torch_cuda_major() is not None if cuda is None else cuda
+    for req in requirements(backend, flavour or cuda_flavour(), run_with, cuda):
         if is_installed(req.name) and (not req.probe or imports(req.probe)):
             continue
         try:

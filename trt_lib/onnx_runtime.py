@@ -1,9 +1,13 @@
-"""ONNX Runtime stand-in for a TensorRT engine: runs the engine's own ONNX behind :class:`EngineRunner`.
+"""The reference runtime: runs an engine's own ONNX export with ONNX Runtime, behind :class:`EngineRunner`.
 
-Engines cannot execute on the machines that test this project (full TensorRT is not installable there and
-TensorRT for RTX does not run on compute capability 9.0), so tests and benchmarks run the very ONNX the
-engine was built from, restricted to the engine's profiles, through this runner. Users never see it
-called TensorRT.
+Chosen by the user (Settings → TensorRT → "Run engines with: ONNX Runtime (reference)"), never by itself: it
+lets the run-time path (provider, job check, LoRA refit, engine check) work where no TensorRT engine can run
+(no NVIDIA GPU, a GPU the installed TensorRT does not support), and gives an independent second opinion on
+an engine's ONNX. It checks, it does not speed up: expect no gain over the PyTorch UNet on CUDA (not
+measured yet: ``bench/check_bench.py``), far slower on the CPU. It uses ONNX Runtime's CUDA provider where
+``onnxruntime-gpu`` is installed and torch sees a GPU, else the CPU provider. It is the runtime the tests and
+benchmarks run engines with, since engines cannot execute on the machines that test this project. Users see
+it named "ONNX Runtime", never TensorRT.
 """
 
 from __future__ import annotations
@@ -15,17 +19,45 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import EngineRunError
+from .errors import BackendUnavailableError, EngineRunError
+from .install_plan import REFERENCE_RUNTIME as LABEL
 from .runtime import EngineProfile, EngineRunner
 
 if TYPE_CHECKING:
     from .store import EngineEntry, EngineStore
 
+NAME = "onnxruntime"
+"""What ``Runtime.backend`` calls this runtime; users see :data:`LABEL`."""
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def version() -> str:
+    """The installed ONNX Runtime's version; :class:`BackendUnavailableError` with the fix when it is missing."""
+    try:
+        import onnxruntime as ort
+    except Exception as e:  # ImportError, or a broken install (missing CUDA libraries for -gpu)
+        raise BackendUnavailableError(
+            f"ONNX Runtime cannot be loaded ({e}). Keep '{LABEL}' selected under Settings → "
+            "TensorRT → 'Run engines with' and restart the WebUI (install.py installs it), or install it in the "
+            "WebUI's Python: python -m pip install onnxruntime (onnxruntime-gpu with a CUDA GPU)") from e
+    return str(ort.__version__)
+
+
+def providers() -> list[str]:
+    """ONNX Runtime's CUDA provider where it is installed and torch sees a GPU, then the CPU provider."""
+    import onnxruntime as ort
+
+    cuda = CUDA in ort.get_available_providers() and torch.cuda.is_available()
+    return [CUDA, CPU] if cuda else [CPU]
+
 
 class OnnxRuntimeRunner(EngineRunner):
-    """Runs an ONNX model on ONNX Runtime's CPU provider, accepting and returning torch tensors."""
+    """Runs an ONNX model on ONNX Runtime (CUDA or CPU provider), accepting and returning torch tensors.
 
-    runtime_name = "ONNX Runtime (stand-in)"
+    Inputs go through host memory: a few MB per call, small beside the UNet's own work, and the same on both
+    providers.
+    """
 
     def __init__(self, onnx_path: Path, input_names: Sequence[str], output_name: str,
                  profiles: Sequence[EngineProfile],
@@ -35,6 +67,8 @@ class OnnxRuntimeRunner(EngineRunner):
         self._names: set[str] | None = None
         self._session = self._open(initializer_overrides or {})
         self._dtypes = {i.name: i.type for i in self._session.get_inputs()}
+        device = "CUDA" if self._session.get_providers()[0] == CUDA else "CPU"
+        self.runtime_name = f"ONNX Runtime (reference, {device})"
 
     def _open(self, overrides: Mapping[str, np.ndarray]) -> Any:
         """A session whose initializers are the file's, except ``overrides`` (added to earlier ones)."""
@@ -52,9 +86,9 @@ class OnnxRuntimeRunner(EngineRunner):
             # without graph optimisations every override reaches the computation, as a TensorRT refit does.
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(self.path), options, providers=providers())
         except Exception as e:  # ORT raises its own untyped errors for unreadable files and unknown names
-            raise EngineRunError(f"cannot load {self.path.name}: {e}") from e
+            raise EngineRunError(f"ONNX Runtime cannot load {self.path.name}: {e}") from e
         self._values = values
         return session
 
@@ -85,13 +119,13 @@ class OnnxRuntimeRunner(EngineRunner):
         return torch.from_numpy(out).to(first.device, first.dtype)
 
 
-def stand_in_runner(store: EngineStore, entry: EngineEntry) -> OnnxRuntimeRunner:
-    """The stand-in for ``entry``: its own ONNX export, limited to its own profiles."""
+def reference_runner(store: EngineStore, entry: EngineEntry) -> OnnxRuntimeRunner:
+    """The reference runner for ``entry``: its own ONNX export, limited to its own profiles."""
     from .families import get_family
 
     family = get_family(entry.family)
     onnx = store.onnx_path(entry)
     if onnx is None:
-        raise EngineRunError(f"engine {entry.id} has no ONNX export recorded")
+        raise EngineRunError(f"engine {entry.id} has no ONNX export recorded, which ONNX Runtime would run")
     return OnnxRuntimeRunner(onnx, family.input_names, family.output_name,
                              [family.engine_shapes(p) for p in entry.parsed_profiles])

@@ -1,4 +1,4 @@
-"""The engine runner interface shared by the real TensorRT runtime and the ONNX Runtime stand-in.
+"""The engine runner interface shared by the real TensorRT runtime and the ONNX Runtime reference runtime.
 
 Both runners take the WebUI's tensors as they come (fp16 on the GPU in practice), check them against the
 engine's optimisation profiles with the same code, and return the output as a torch tensor on the inputs'
@@ -41,7 +41,7 @@ class EngineRunner(ABC):
     whose box holds all its input shapes, as TensorRT requires one profile per execution.
     """
 
-    #: Shown to users where they could see which runtime ran; stand-ins must not say "TensorRT".
+    #: Shown to users where they could see which runtime ran; other runtimes must not say "TensorRT".
     runtime_name = "engine"
 
     def __init__(self, path: Path, input_names: Sequence[str], output_name: str,

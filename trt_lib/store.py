@@ -65,6 +65,8 @@ class EngineEntry:
     dtype: str = "float16"
     build_seconds: float = 0.0
     created: str = ""
+    check: dict[str, Any] = field(default_factory=dict)
+    """The last engine check's report (:class:`~trt_lib.engine_check.CheckReport` as a dict); empty: never checked."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineEntry:
@@ -73,6 +75,8 @@ class EngineEntry:
             entry = cls(**{k: v for k, v in data.items() if k in known})
             check_id(entry.id)
             [Profile.from_dict(p) for p in entry.profiles]
+            if not isinstance(entry.check, dict):
+                raise ValueError(f"check is {type(entry.check).__name__}, not an object")
         except (TypeError, ValueError) as e:
             raise StoreError(f"malformed manifest entry {data.get('id', '?')!r}: {e}") from e
         return entry
@@ -118,6 +122,9 @@ class Runtime:
     backend: str
     backend_version: str
     compute_capability: str | None
+    runs_onnx: bool = False
+    """The reference runtime: it runs an engine's ONNX export, so only that must be there (any backend, version
+    or GPU the engine was built for will do)."""
 
 
 class EngineStore:
@@ -229,6 +236,11 @@ class EngineStore:
                 return reason
         if runtime is None:
             return ""
+        if runtime.runs_onnx:
+            onnx = self.onnx_path(entry)
+            if onnx is None or not onnx.is_file():
+                return f"no ONNX export of it ({entry.onnx_file or 'none recorded'}) for the reference runtime to run"
+            return ""
         if entry.backend != runtime.backend:
             return f"built with {entry.backend}, but the selected backend is {runtime.backend}"
         if entry.backend_version != runtime.backend_version:
@@ -326,6 +338,16 @@ class EngineStore:
         _unlink(path)
         _unlink(self._sidecar(name))
         return name
+
+    def record_check(self, engine_id: str, report: dict[str, Any]) -> EngineEntry:
+        """Store an engine check's report in the engine's entry (the manifest rewritten atomically)."""
+        check_id(engine_id)
+        with self._locked() as data:
+            raw = next((e for e in data["engines"] if isinstance(e, dict) and e.get("id") == engine_id), None)
+            if raw is None:
+                raise StoreError(f"no engine {engine_id!r} in {self.folder}")
+            raw["check"] = report
+            return EngineEntry.from_dict(raw)
 
     def remove(self, engine_id: str) -> EngineEntry:
         """Delete an engine: its manifest entry first, then its file; its ONNX only when no other entry uses it."""

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Extra, Field
 from trt_lib.errors import TrtError
 from trt_lib.profiles import Profile
 
-from . import loaded_model
+from . import engine_check, loaded_model
 from .extension import EXT
 from .fit_check import FitQuestion, check_fit
 from .lora_bake import WEIGHTS
@@ -53,6 +53,13 @@ class BuildBody(BaseModel):
     loras: list[LoraBody] = Field(default_factory=list, description="LoRAs baked into the engine (UNet part)")
     refit: bool = Field(False, description="refittable engine: prompt LoRAs switch without a rebuild (slower "
                                            "engine; TensorRT for RTX then needs the GPU while building)")
+
+    class Config:
+        extra = Extra.forbid
+
+
+class CheckBody(BaseModel):
+    seed: int = Field(0, description="seed of the random inputs (one per shape: seed, seed+1, ...)")
 
     class Config:
         extra = Extra.forbid
@@ -197,6 +204,16 @@ def delete_file(name: str) -> dict[str, str]:
         return {"deleted": EXT.delete_file(_stray_file(name))}
     except TrtError as e:
         raise _fail(e) from e
+
+
+@route("POST", "/engines/{engine_id}/check")
+def check_engine(engine_id: str, body: Optional[CheckBody] = None) -> dict[str, Any]:
+    """Check an engine against the loaded PyTorch UNet; the report is also kept in the engine list."""
+    try:
+        entry, report = engine_check.check(engine_id, seed=(body or CheckBody()).seed)
+    except TrtError as e:
+        raise _fail(e) from e
+    return {"id": entry.id, **report.to_dict()}
 
 
 @route("POST", "/fit")

@@ -17,14 +17,15 @@ from trt_lib.backends.trt10 import gpu_capability
 from trt_lib.errors import BackendUnavailableError, BuildTargetError, TrtError
 from trt_lib.families import Family, get_family
 from trt_lib.jobs import Job, JobQueue
+from trt_lib.onnx_runtime import reference_runner
 from trt_lib.pipeline import BuildRequest, build_stage, export_stage
 from trt_lib.profiles import Profile
 from trt_lib.runtime import EngineRunner
 from trt_lib.store import EngineEntry, EngineStore, Problem, Runtime, checkpoint_changed
 from trt_lib.unet_session import UnetSession
 
-from . import loaded_model, lora_bake, prompt_loras, settings
-from .provider import CheckpointMismatchError, OptionCache
+from . import loaded_model, lora_bake, prompt_loras, reference_runtime, settings
+from .provider import LABEL_PREFIX, CheckpointMismatchError, OptionCache
 
 RunnerFactory = Callable[[EngineStore, EngineEntry], EngineRunner]
 
@@ -35,6 +36,11 @@ def backend_runner(store: EngineStore, entry: EngineEntry) -> EngineRunner:
     return get_backend(entry.backend).load_runner(
         store.engine_path(entry), family.input_names, family.output_name,
         [family.engine_shapes(p) for p in entry.parsed_profiles], onnx_path=store.onnx_path(entry))
+
+
+def selected_runner(store: EngineStore, entry: EngineEntry) -> EngineRunner:
+    """Load ``entry`` with what "Run engines with" names: its backend, or ONNX Runtime on its ONNX export."""
+    return (reference_runner if reference_runtime.selected() else backend_runner)(store, entry)
 
 
 @dataclass(frozen=True)
@@ -52,12 +58,12 @@ class EngineListing:
 
 
 class Extension:
-    """Shared state; ``runner_factory`` is swapped by tests for the ONNX Runtime stand-in."""
+    """Shared state; ``runner_factory`` picks the runtime (tests swap it)."""
 
     def __init__(self) -> None:
         self.jobs = JobQueue()
         self.options = OptionCache(self.open_session)
-        self.runner_factory: RunnerFactory = backend_runner
+        self.runner_factory: RunnerFactory = selected_runner
         self._store: EngineStore | None = None
         self._runtime: Runtime | None = None
         self.discarded: list[str] = []
@@ -75,7 +81,14 @@ class Extension:
         return self._store
 
     def runtime(self) -> Runtime | None:
-        """The backend and GPU engines must match; None when the backend cannot be loaded here."""
+        """What engines must match to run here: the backend and GPU, or under the reference runtime only their
+        ONNX export; None when the backend (or ONNX Runtime) cannot be loaded here."""
+        if reference_runtime.selected():
+            return reference_runtime.runtime()
+        return self.backend_runtime()
+
+    def backend_runtime(self) -> Runtime | None:
+        """The selected backend's version and this GPU; None when the backend cannot be loaded here."""
         try:
             backend = get_backend(settings.backend())
             return Runtime(backend.name, backend.version(), gpu_capability())
@@ -109,7 +122,8 @@ class Extension:
         if runtime is None:
             missing = f"the selected backend cannot be loaded here: {self.backend_problem()}"
             reasons = {**{e.id: missing for e in entries}, **reasons}
-        no_gpu = "" if gpu_capability() else "no CUDA GPU here to run it (it runs on the GPU it was built for)"
+        no_gpu = "" if gpu_capability() or reference_runtime.selected() else \
+            "no CUDA GPU here to run it (it runs on the GPU it was built for)"
         return EngineListing(entries, reasons, {e.id: reasons.get(e.id, no_gpu) for e in entries},
                              frozenset(replaced))
 
@@ -148,7 +162,8 @@ class Extension:
             return
         offered = {(e.checkpoint, e.lora_label) for e in listing.entries if e.id not in listing.problems}
         replaced = {(e.checkpoint, e.lora_label) for e in listing.entries if e.id in listing.replaced}
-        unet_list.extend(self.options.options(sorted(offered | replaced), automatic=offered))
+        prefix = reference_runtime.PREFIX if reference_runtime.selected() else LABEL_PREFIX
+        unet_list.extend(self.options.options(sorted(offered | replaced), prefix, automatic=offered))
 
     def refresh_unets(self) -> None:
         sd_unet.list_unets()
@@ -161,6 +176,8 @@ class Extension:
             raise self._none_offered(checkpoint, lora_label)
         family = get_family(entries[0].family)
         store = self.store
+        if reference_runtime.selected():
+            print(f"[TensorRT] {checkpoint}: engines run on ONNX Runtime (reference), to check them, not for speed")
         return UnetSession(entries, family, checkpoint, lambda entry: self.runner_factory(store, entry),
                            loras=None if lora_label else prompt_loras.refitter(store))
 

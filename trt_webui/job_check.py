@@ -19,7 +19,7 @@ from trt_lib.lora_refit import describe, key_of_entries
 from trt_lib.matching import plan
 from trt_lib.profiles import TOKENS_PER_CHUNK, tokens_for_context
 
-from . import loaded_model, prompt_loras, settings
+from . import loaded_model, prompt_loras, reference_runtime, settings
 from .provider import TrtUnet, checkpoint_mismatch
 
 FELL_BACK = "_trt_fell_back"
@@ -58,6 +58,7 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
         plan(session.entries, calls, model.family, model.title, call_sources(spec))
         session.preload(calls[0])  # an engine that cannot load here (no GPU, other GPU) is found before any step
         prompt_loras.before_sampling(p, session)
+        reference_runtime.note_in_infotext(p, session)
     except TrtError as e:
         reject(p, unet, e)
 

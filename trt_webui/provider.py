@@ -73,12 +73,14 @@ def checkpoint_mismatch(option: TrtUnetOption, loaded: str | None) -> Checkpoint
 class TrtUnetOption(sd_unet.SdUnetOption):
     """Dropdown entry for the engines of one checkpoint with one set of baked LoRAs (none for most)."""
 
-    def __init__(self, checkpoint: str, lora_label: str, open_session: Callable[[str, str], UnetSession]) -> None:
+    def __init__(self, checkpoint: str, lora_label: str, open_session: Callable[[str, str], UnetSession],
+                 prefix: str = LABEL_PREFIX) -> None:
         self.checkpoint = checkpoint
         self.model_name = None if lora_label else checkpoint
         """What "Automatic" matches: never an option with baked LoRAs, which is chosen by its label."""
         self.lora_label = lora_label
-        self.label = LABEL_PREFIX + checkpoint + (f" [LoRA {lora_label}]" if lora_label else "")
+        self.label = prefix + checkpoint + (f" [LoRA {lora_label}]" if lora_label else "")
+        """``[TRT] …``, or ``[ORT] …`` while the reference runtime runs engines (never claiming TensorRT)."""
         self._open_session = open_session
 
     def create_unet(self) -> TrtUnet:
@@ -184,20 +186,22 @@ class TrtUnet(sd_unet.SdUnet):
 
 
 class OptionCache:
-    """Keeps one option object per (checkpoint, baked LoRAs) so that refreshing the list never reloads an
-    active engine."""
+    """Keeps one option object per (checkpoint, baked LoRAs, label prefix) so that refreshing the list never
+    reloads an active engine."""
 
     def __init__(self, open_session: Callable[[str, str], UnetSession]) -> None:
         self._open_session = open_session
-        self._options: dict[tuple[str, str], TrtUnetOption] = {}
+        self._options: dict[tuple[str, str, str], TrtUnetOption] = {}
 
-    def options(self, groups: list[tuple[str, str]], automatic: set[tuple[str, str]] | None = None,
-                ) -> list[TrtUnetOption]:
-        """The options of ``groups``; only those in ``automatic`` (all by default) can be picked by "Automatic"."""
-        for key in groups:
+    def options(self, groups: list[tuple[str, str]], prefix: str = LABEL_PREFIX,
+                automatic: set[tuple[str, str]] | None = None) -> list[TrtUnetOption]:
+        """The options of ``groups`` under ``prefix``; only those in ``automatic`` (all by default) can be picked
+        by "Automatic"."""
+        for checkpoint, lora_label in groups:
+            key = (checkpoint, lora_label, prefix)
             if key not in self._options:
-                self._options[key] = TrtUnetOption(*key, self._open_session)
+                self._options[key] = TrtUnetOption(checkpoint, lora_label, self._open_session, prefix)
             option = self._options[key]
-            option.model_name = None if option.lora_label or (automatic is not None and key not in automatic) \
-                else option.checkpoint
-        return [self._options[key] for key in groups]
+            option.model_name = None if lora_label or (automatic is not None and (checkpoint, lora_label)
+                                                       not in automatic) else checkpoint
+        return [self._options[(c, lo, prefix)] for c, lo in groups]

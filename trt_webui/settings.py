@@ -7,7 +7,7 @@ from pathlib import Path
 
 from modules import paths, shared
 
-from trt_lib.install_plan import BACKEND_ENV, BACKEND_LABELS, default_backend
+from trt_lib.install_plan import BACKEND_ENV, BACKEND_LABELS, RUN_WITH, default_backend
 
 EXTENSION_DIR = Path(__file__).resolve().parent.parent
 SECTION = ("tensorrt", "TensorRT")
@@ -31,6 +31,12 @@ def register() -> None:
             "tensorrt = TensorRT 10 (any NVIDIA GPU it supports); tensorrt_rtx = TensorRT for RTX (GeForce RTX "
             "20 series and later, small download, engines built per GPU). Restart after changing: install.py "
             f"installs the chosen one. Default: tensorrt, or {BACKEND_ENV} where set."),
+        "trt_run_with": shared.OptionInfo(
+            RUN_WITH[0], "Run engines with", gr.Radio, {"choices": list(RUN_WITH)}, onchange=_refresh_unets).info(
+            "TensorRT: the backend above, fast. ONNX Runtime (reference): runs each engine's ONNX export instead, "
+            "on its CUDA provider with onnxruntime-gpu, else the CPU; to check engines, or to try the extension "
+            "where no TensorRT engine can run. Not for speed. Dropdown entries then read [ORT] <checkpoint>; "
+            "restart after choosing it the first time (install.py installs ONNX Runtime)."),
         "trt_on_uncovered": shared.OptionInfo(
             "raise", "When no engine covers a generation (size, batch, hires fix, prompt length)", gr.Radio,
             {"choices": list(ON_UNCOVERED)}).info(
@@ -57,6 +63,18 @@ def backend() -> str:
     """The chosen backend, the one source of truth install.py reads too (from config.json)."""
     value = getattr(shared.opts, "trt_backend", None)
     return value if value in BACKEND_LABELS else default_backend()
+
+
+def run_with() -> str:
+    value = getattr(shared.opts, "trt_run_with", RUN_WITH[0])
+    return value if value in RUN_WITH else RUN_WITH[0]
+
+
+def _refresh_unets() -> None:
+    """The dropdown's entries are named after the runtime: list them again when it changes."""
+    from modules import sd_unet
+
+    sd_unet.list_unets()
 
 
 def falls_back() -> bool:

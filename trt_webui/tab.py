@@ -17,13 +17,13 @@ from trt_lib.install_plan import BACKEND_LABELS, InstallStatus, backend_note
 from trt_lib.jobs import Job
 from trt_lib.profiles import DIMENSIONS, Profile
 
-from . import loaded_model, lora_bake, settings
+from . import engine_check, loaded_model, lora_bake, reference_runtime, settings
 from .extension import EXT
 from .fit_check import FitQuestion, check_fit
 
 INSTALL_STATUS = settings.EXTENSION_DIR / "install-status.json"
 CUSTOM = "Custom (advanced)"
-ENGINE_COLUMNS = ["id", "checkpoint", "family", "profiles", "LoRAs", "backend", "MB", "created", "status"]
+ENGINE_COLUMNS = ["id", "checkpoint", "family", "profiles", "LoRAs", "backend", "MB", "created", "status", "check"]
 
 
 def status_markdown() -> str:
@@ -35,7 +35,7 @@ def status_markdown() -> str:
     except TrtError as e:
         lines.append(f"**Checkpoint:** {e}")
     backend = settings.backend()
-    runtime = EXT.runtime()
+    runtime = EXT.backend_runtime()
     if runtime is None:
         lines.append(f"**{BACKEND_LABELS[backend]} is not available**: {EXT.backend_problem()}")
     else:
@@ -44,6 +44,8 @@ def status_markdown() -> str:
     note = backend_note(backend)
     if note:
         lines.append(note)
+    if reference_runtime.selected():
+        lines.append(reference_runtime.status())
     status = InstallStatus.read(INSTALL_STATUS)
     if status and status.backend != backend:
         lines.append(f"install.py last ran for {BACKEND_LABELS.get(status.backend, status.backend)}: restart the "
@@ -206,11 +208,11 @@ def engine_rows() -> pd.DataFrame:
     try:
         listing = EXT.listing()
     except TrtError as e:
-        return pd.DataFrame([["", "", "", str(e), "", "", "", "", "error"]], columns=ENGINE_COLUMNS)
+        return pd.DataFrame([["", "", "", str(e), "", "", "", "", "error", ""]], columns=ENGINE_COLUMNS)
     rows = [[e.id, e.checkpoint, e.family, "; ".join(p.label() for p in e.parsed_profiles), e.lora_label,
              f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1), local_time(e.created),
-             listing.status[e.id] or "ok"] for e in listing.entries]
-    rows += [[name, "", "", "", "", "", "", "", why] for name, why in _stray_files(listing).items()]
+             listing.status[e.id] or "ok", e.check.get("summary", "not checked")] for e in listing.entries]
+    rows += [[name, "", "", "", "", "", "", "", why, ""] for name, why in _stray_files(listing).items()]
     return pd.DataFrame(rows, columns=ENGINE_COLUMNS)
 
 
@@ -272,6 +274,18 @@ def delete(choice: str | None) -> tuple[str, pd.DataFrame, dict]:
     except TrtError as e:
         message = f"⚠ {e}"
     return message, engine_rows(), engine_picker()
+
+
+def check_engine(choice: Any, progress: gr.Progress = gr.Progress()) -> tuple[str, pd.DataFrame]:  # noqa: B008
+    """Check engine: the picked engine's figures against the PyTorch UNet, with what to do when it fails."""
+    try:
+        kind, key = _picked(choice)
+        if kind != "entry":
+            raise TrtError(f"{key} is not in the manifest: adopt it first, then check it")
+        entry, report = engine_check.check(key, progress=lambda f, text: progress(f, desc=text))
+        return engine_check.report_markdown(entry, report), engine_rows()
+    except TrtError as e:
+        return f"⚠ {e}", engine_rows()
 
 
 def adopt(choice: str | None) -> tuple[str, pd.DataFrame, dict]:
@@ -360,6 +374,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
         with gr.Row():
             picked = gr.Dropdown(list(engine_choices()), label="Engine (or click its row)", elem_id="trt_engine_pick",
                                  scale=3)
+            check_button = gr.Button("Check engine", elem_id="trt_check")
             delete_button, rebuild_button = gr.Button("Delete"), gr.Button("Rebuild")
             adopt_button, refresh_button = gr.Button("Adopt file"), gr.Button("Refresh")
         deleted = gr.Markdown()
@@ -371,6 +386,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
             None, _js="trtRefreshUnetList")
         cancel_button.click(cancel, job_id, result)
         engines.select(pick_row, engines, picked)
+        check_button.click(check_engine, picked, [deleted, engines])
         delete_button.click(delete, picked, [deleted, engines, picked]).then(None, _js="trtRefreshUnetList")
         adopt_button.click(adopt, picked, [deleted, engines, picked]).then(None, _js="trtRefreshUnetList")
         rebuild_button.click(rebuild, picked, [deleted, job_id])

@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 
 from tests import lora_files  # noqa: E402
 from trt_lib.families import get_family  # noqa: E402
-from trt_lib.onnx_runtime import stand_in_runner  # noqa: E402
+from trt_lib.onnx_runtime import reference_runner  # noqa: E402
 from trt_lib.profiles import Profile  # noqa: E402
 from trt_lib.store import EngineEntry, Runtime  # noqa: E402
 from trt_lib.tiny_unets import make_unet  # noqa: E402
@@ -100,19 +100,21 @@ class Webui:
     def use_stand_in(self) -> None:
         """Engines of the stand-in runtime count as usable and run on ONNX Runtime."""
         self.monkeypatch.setattr(self.EXT, "runtime", lambda: STAND_IN)
-        self.monkeypatch.setattr(self.EXT, "runner_factory", stand_in_runner)
+        self.monkeypatch.setattr(self.EXT, "runner_factory", reference_runner)
 
     def add_engine(self, checkpoint: str, family: str, profile: Profile | dict,
-                   loras: list[dict] | None = None) -> EngineEntry:
-        """Record an engine for ``checkpoint`` (made with seed 0) whose ONNX is the real export of its UNet."""
+                   loras: list[dict] | None = None, onnx: Path | None = None) -> EngineEntry:
+        """Record an engine for ``checkpoint`` (made with seed 0) whose ONNX is the real export of its UNet, or
+        ``onnx`` (another export, its folder copied into the store)."""
         fam = get_family(family)
         profile = profile if isinstance(profile, Profile) else Profile.from_dict(profile)
         info = self.sd_models.get_closet_checkpoint_match(checkpoint)
         info.calculate_shorthash()  # what a build records: the full sha256 of the checkpoint file
         store = self.EXT.store
-        onnx_dir = f"onnx/{family}"
+        source = onnx or self.exported_onnx(family, torch.float32)
+        onnx_dir = f"onnx/{family}" if onnx is None else f"onnx/{onnx.parent.name}"
         if not (store.folder / onnx_dir).is_dir():
-            shutil.copytree(self.exported_onnx(family, torch.float32).parent, store.folder / onnx_dir)
+            shutil.copytree(source.parent, store.folder / onnx_dir)
         engine_id = store.new_id(info.model_name)
         store.folder.mkdir(parents=True, exist_ok=True)
         (store.folder / f"{engine_id}.engine").write_bytes(b"placeholder engine: runs through its ONNX")
@@ -120,7 +122,7 @@ class Webui:
             id=engine_id, checkpoint=info.model_name, checkpoint_hash=info.sha256, family=fam.name,
             profiles=[profile.to_dict()], backend=STAND_IN.backend, backend_version=STAND_IN.backend_version,
             compute_capabilities=[], engine_file=f"{engine_id}.engine", engine_bytes=0,
-            onnx_file=f"{onnx_dir}/unet.onnx", dtype="float32", loras=list(loras or [])))
+            onnx_file=f"{onnx_dir}/{source.name}", dtype="float32", loras=list(loras or [])))
 
     def with_engine(self, checkpoint: str, family: str, profile: Profile | dict) -> Webui:
         """Add ``checkpoint``, load it and give it a stand-in engine with ``profile``, listed in the dropdown."""

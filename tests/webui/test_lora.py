@@ -249,3 +249,25 @@ def test_no_engine_covers_a_baked_entry_names_a_bake_of_the_same_loras(lora_webu
     with pytest.raises(Exception, match=r"No TensorRT engine for sd1.* with LoRA sd1_a:0.8 covers") as e:
         wide(webui, "a cat")
     assert 'in the TensorRT tab with "sd1_a:0.8" in its LoRA box' in str(e.value)
+
+
+def test_engine_check_merges_the_baked_loras_and_never_an_earlier_jobs(lora_webui, tmp_path):
+    webui = lora_webui
+    webui.add_checkpoint("sd1.safetensors", "sd1")
+    webui.load("sd1.safetensors")
+    webui.shared.opts.set("trt_run_with", "ONNX Runtime (reference)")
+    unet, loras = webui.unet(), [{"name": "sd1_a", "weight": 0.8}]
+    with webui.module("trt_webui.lora_bake").baked(unet, loras):
+        export_onnx(unet, get_family("sd1"), tmp_path / "baked" / "unet.onnx", dtype=torch.float32)
+    baked = webui.add_engine("sd1.safetensors", "sd1", SMALL, loras=loras, onnx=tmp_path / "baked" / "unet.onnx")
+    plain = webui.add_engine("sd1.safetensors", "sd1", SMALL)
+    claims = webui.add_engine("sd1.safetensors", "sd1", SMALL, loras=loras)  # says sd1_a, holds the base weights
+    webui.shared.opts.set("sd_unet", "None")
+    first = job(webui, "a cat <lora:sd1_b:1>")  # the WebUI merges sd1_b into its layers and leaves it there
+    check = webui.module("trt_webui.engine_check").check
+    assert check(baked.id)[1].passed
+    assert check(plain.id)[1].passed, "sd1_b of the last job must not reach the reference"
+    assert not check(claims.id)[1].passed
+    base = make_unet("sd1").state_dict()
+    assert all(torch.equal(v, base[k]) for k, v in unet.state_dict().items()), "the UNet is back at its weights"
+    assert torch.equal(job(webui, "a cat <lora:sd1_b:1>").images[0], first.images[0])

@@ -100,7 +100,7 @@ def test_build_list_and_run_a_real_engine(client, webui, monkeypatch):
     assert r.status_code == 200  # the WebUI goes on with the PyTorch UNet
 
     # the same engine's own ONNX on the ONNX Runtime stand-in: the PyTorch UNet's image
-    monkeypatch.setattr(webui.EXT, "runner_factory", webui.module("trt_lib.onnx_runtime").stand_in_runner)
+    monkeypatch.setattr(webui.EXT, "runner_factory", webui.module("trt_lib.onnx_runtime").reference_runner)
     reference = webui.txt2img(**JOB, override_settings={"sd_unet": "None"}).images
     assert webui.sd_unet.current_unet is None
     r = client.post("/sdapi/v1/txt2img", json={**JOB, "override_settings": {"sd_unet": LABEL}})
