@@ -78,18 +78,9 @@ def call_unet(unet: torch.nn.Module, family: Family, feeds: Feeds) -> torch.Tens
 
 @contextmanager
 def baked_loras(unet: torch.nn.Module, entry: EngineEntry) -> Iterator[None]:
-    """The UNet as the engine was exported: its baked LoRAs merged, and no LoRA of an earlier job (the WebUI
-    merges those lazily in each layer's forward) - through the WebUI's Lora code, restored afterwards."""
-    if entry.loras:
-        with lora_bake.baked(unet, entry.loras):
-            yield
-        return
-    try:
-        lora_bake.networks()
-    except lora_bake.LoraUnavailableError:
-        yield  # without the Lora extension no layer merges anything
-        return
-    with lora_bake.merged(unet, ()):
+    """The UNet as the engine was exported: exactly the checkpoint plus its baked LoRAs, no LoRA of an earlier
+    job (the WebUI merges those lazily in each layer's forward) - the export's own context, restored after."""
+    with lora_bake.exported(unet, entry.loras):
         yield
 
 

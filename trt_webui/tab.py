@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -278,11 +279,20 @@ def delete(choice: str | None) -> tuple[str, pd.DataFrame, dict]:
 
 def check_engine(choice: Any, progress: gr.Progress = gr.Progress()) -> tuple[str, pd.DataFrame]:  # noqa: B008
     """Check engine: the picked engine's figures against the PyTorch UNet, with what to do when it fails."""
+    return _check_engine(choice, lambda f, text: progress(f, desc=text))
+
+
+def check_engine_without_progress(choice: Any) -> tuple[str, pd.DataFrame]:
+    """Check engine under ``--no-gradio-queue``, where Gradio launches no page with a progress-tracking handler."""
+    return _check_engine(choice, None)
+
+
+def _check_engine(choice: Any, progress: Callable[[float, str], None] | None) -> tuple[str, pd.DataFrame]:
     try:
         kind, key = _picked(choice)
         if kind != "entry":
             raise TrtError(f"{key} is not in the manifest: adopt it first, then check it")
-        entry, report = engine_check.check(key, progress=lambda f, text: progress(f, desc=text))
+        entry, report = engine_check.check(key, progress=progress)
         return engine_check.report_markdown(entry, report), engine_rows()
     except TrtError as e:
         return f"⚠ {e}", engine_rows()
@@ -381,12 +391,13 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
 
         for component in [preset, *fields]:
             component.change(validate, [preset, *fields], check)
-        handler = build_without_progress if shared.cmd_opts.no_gradio_queue else build
+        queued = not shared.cmd_opts.no_gradio_queue
+        handler, checker = (build, check_engine) if queued else (build_without_progress, check_engine_without_progress)
         build_button.click(handler, [preset, loras, refit, *fields], [result, job_id, engines]).then(
             None, _js="trtRefreshUnetList")
         cancel_button.click(cancel, job_id, result)
         engines.select(pick_row, engines, picked)
-        check_button.click(check_engine, picked, [deleted, engines])
+        check_button.click(checker, picked, [deleted, engines])
         delete_button.click(delete, picked, [deleted, engines, picked]).then(None, _js="trtRefreshUnetList")
         adopt_button.click(adopt, picked, [deleted, engines, picked]).then(None, _js="trtRefreshUnetList")
         rebuild_button.click(rebuild, picked, [deleted, job_id])

@@ -257,7 +257,7 @@ def test_engine_check_merges_the_baked_loras_and_never_an_earlier_jobs(lora_webu
     webui.load("sd1.safetensors")
     webui.shared.opts.set("trt_run_with", "ONNX Runtime (reference)")
     unet, loras = webui.unet(), [{"name": "sd1_a", "weight": 0.8}]
-    with webui.module("trt_webui.lora_bake").baked(unet, loras):
+    with webui.module("trt_webui.lora_bake").exported(unet, loras):
         export_onnx(unet, get_family("sd1"), tmp_path / "baked" / "unet.onnx", dtype=torch.float32)
     baked = webui.add_engine("sd1.safetensors", "sd1", SMALL, loras=loras, onnx=tmp_path / "baked" / "unet.onnx")
     plain = webui.add_engine("sd1.safetensors", "sd1", SMALL)
