@@ -45,7 +45,7 @@ import torch
 from .attention_upcast import upcast_attention_scores
 from .controlnet_export import ControlNetReady
 from .errors import ExportError, TrtError
-from .families import Family, ResidualPoint
+from .families import CONTROL_PREFIX, Family, ResidualPoint
 from .profiles import CONTEXT_PER_CHUNK, PIXEL_GRID, UnetCall
 from .store import partial_path, remove_if_empty
 
@@ -301,6 +301,19 @@ def _move_into_place(work: Path, path: Path, external: bool) -> int:
     if not external:
         data_path(path).unlink(missing_ok=True)  # left by an earlier export of the same name
     return sum(f.stat().st_size for f in moves if f != weight_map_path(path))
+
+
+def residual_inputs(onnx_path: Path) -> tuple[ResidualPoint, ...]:
+    """The ControlNet residual inputs of an export, read off its graph (empty for a plain export): channels
+    from the static dim, downscale from the dim names :meth:`Family.dynamic_axes` gave them."""
+    import onnx
+
+    points = []
+    for tensor in onnx.load(str(onnx_path), load_external_data=False).graph.input:
+        if tensor.name.startswith(CONTROL_PREFIX):
+            _, channels, height, _ = tensor.type.tensor_type.shape.dim
+            points.append(ResidualPoint(channels.dim_value, int(height.dim_param.rsplit("_", 1)[1])))
+    return tuple(points)
 
 
 def load_weight_map(onnx_path: Path) -> dict[str, WeightRef]:

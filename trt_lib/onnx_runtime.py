@@ -93,5 +93,5 @@ def stand_in_runner(store: EngineStore, entry: EngineEntry) -> OnnxRuntimeRunner
     onnx = store.onnx_path(entry)
     if onnx is None:
         raise EngineRunError(f"engine {entry.id} has no ONNX export recorded")
-    return OnnxRuntimeRunner(onnx, family.input_names, family.output_name,
-                             [family.engine_shapes(p) for p in entry.parsed_profiles])
+    names, profiles = entry.engine_inputs(family)
+    return OnnxRuntimeRunner(onnx, names, family.output_name, profiles)

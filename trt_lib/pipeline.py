@@ -15,7 +15,7 @@ import torch
 
 from .backends import get_backend
 from .errors import BuildCancelled, ProfileError
-from .export import ExportReport, export_onnx
+from .export import ExportReport, export_onnx, residual_inputs
 from .families import Family
 from .names import file_stem
 from .profiles import Profile
@@ -41,6 +41,8 @@ class BuildRequest:
     loras: list[dict[str, Any]] = field(default_factory=list)
     refit: bool = False
     dtype: torch.dtype = torch.float16
+    controlnet: bool = False
+    """ControlNet-ready: one extra input per ControlNet residual."""
 
     def validate(self) -> None:
         """Refuse bad profiles before any work starts (all problems named at once)."""
@@ -53,7 +55,8 @@ class BuildRequest:
     def export_key(self) -> str:
         """Names the ONNX export: one per checkpoint, LoRA set and dtype, shared by all its engines."""
         lora = json.dumps(self.loras, sort_keys=True)
-        digest = hashlib.sha256(f"{self.checkpoint_hash}|{lora}|{self.dtype}".encode()).hexdigest()[:10]
+        kind = f"{self.checkpoint_hash}|{lora}|{self.dtype}" + ("|controlnet" if self.controlnet else "")
+        digest = hashlib.sha256(kind.encode()).hexdigest()[:10]
         return f"{file_stem(self.checkpoint)}-{digest}"
 
 
@@ -77,7 +80,7 @@ def export_stage(unet: torch.nn.Module, request: BuildRequest, store: EngineStor
     report_progress("exporting the UNet to ONNX", 0.0)
     onnx_path.parent.parent.mkdir(parents=True, exist_ok=True)
     export: ExportReport = export_onnx(
-        unet, request.family, onnx_path, dtype=request.dtype, device=device,
+        unet, request.family, onnx_path, dtype=request.dtype, device=device, controlnet=request.controlnet,
         progress=lambda stage, f: (BuildCancelled.check(cancel), report_progress(stage, f * EXPORT_SHARE)))
     report_progress(f"exported in {export.seconds:.1f} s", EXPORT_SHARE)
     return onnx_path
@@ -90,8 +93,9 @@ def build_stage(onnx_path: Path, request: BuildRequest, store: EngineStore, *,
     report_progress = progress or (lambda stage, fraction: None)
     engine_id = store.new_id(request.checkpoint)
     engine_path = store.folder / f"{engine_id}.engine"
+    points = residual_inputs(onnx_path)
     build = get_backend(request.backend).build(
-        onnx_path, engine_path, [request.family.engine_shapes(p) for p in request.profiles],
+        onnx_path, engine_path, [request.family.engine_shapes(p, points) for p in request.profiles],
         compute_capability=request.compute_capability, refit=request.refit, strip_weights=request.refit,
         progress=lambda stage, f: report_progress(stage, EXPORT_SHARE + f * (1 - EXPORT_SHARE)),
         cancel=cancel, cache_dir=store.folder / "cache")
@@ -102,7 +106,8 @@ def build_stage(onnx_path: Path, request: BuildRequest, store: EngineStore, *,
         compute_capabilities=list(build.compute_capabilities), engine_file=engine_path.name,
         engine_bytes=build.engine_bytes, onnx_file=str(onnx_path.relative_to(store.folder).as_posix()),
         loras=list(request.loras), refittable=build.refittable, weight_stripped=build.weight_stripped,
-        dtype=str(request.dtype).removeprefix("torch."), build_seconds=round(build.seconds, 2))
+        dtype=str(request.dtype).removeprefix("torch."), build_seconds=round(build.seconds, 2),
+        controlnet=bool(points), controlnet_residuals=[[p.channels, p.downscale] for p in points])
     store.add(entry)
     report_progress("done", 1.0)
     return entry

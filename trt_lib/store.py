@@ -18,13 +18,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
 from .errors import StoreError, UnsafeNameError
+from .families import ResidualPoint
 from .names import check_id, file_stem, inside
 from .profiles import Profile
+
+if TYPE_CHECKING:
+    from .families import Family
+    from .runtime import EngineProfile
 
 MANIFEST = "manifest.json"
 FORMAT = "sd-webui-tensorrt/engines"
@@ -55,6 +60,10 @@ class EngineEntry:
     dtype: str = "float16"
     build_seconds: float = 0.0
     created: str = ""
+    controlnet: bool = False
+    """ControlNet-ready: the engine takes ControlNet's residuals as extra inputs (zeros when no unit runs)."""
+    controlnet_residuals: list[list[int]] = field(default_factory=list)
+    """[channels, latent downscale] of each residual input ``control_<i>``, in input order."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineEntry:
@@ -63,6 +72,8 @@ class EngineEntry:
             entry = cls(**{k: v for k, v in data.items() if k in known})
             check_id(entry.id)
             [Profile.from_dict(p) for p in entry.profiles]
+            if entry.controlnet != bool(entry.residual_points):
+                raise ValueError("controlnet and controlnet_residuals disagree")
         except (TypeError, ValueError) as e:
             raise StoreError(f"malformed manifest entry {data.get('id', '?')!r}: {e}") from e
         return entry
@@ -75,6 +86,15 @@ class EngineEntry:
         return [Profile.from_dict(p) for p in self.profiles]
 
     @property
+    def residual_points(self) -> tuple[ResidualPoint, ...]:
+        return tuple(ResidualPoint.parse(p) for p in self.controlnet_residuals)
+
+    def engine_inputs(self, family: Family) -> tuple[tuple[str, ...], list[EngineProfile]]:
+        """The engine's input names and its optimisation profiles, residual inputs included."""
+        points = self.residual_points
+        return family.engine_input_names(points), [family.engine_shapes(p, points) for p in self.parsed_profiles]
+
+    @property
     def lora_label(self) -> str:
         return ", ".join(f"{lo['name']}:{lo['weight']:g}" for lo in self.loras)
 
@@ -83,6 +103,8 @@ class EngineEntry:
         parts = ["; ".join(p.label() for p in self.parsed_profiles)]
         if self.loras:
             parts.append(f"LoRA {self.lora_label}")
+        if self.controlnet:
+            parts.append("ControlNet")
         return f"{' | '.join(parts)} ({self.backend} {self.backend_version})"
 
 

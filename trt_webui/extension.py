@@ -31,9 +31,9 @@ RunnerFactory = Callable[[EngineStore, EngineEntry], EngineRunner]
 def backend_runner(store: EngineStore, entry: EngineEntry) -> EngineRunner:
     """Load ``entry`` with the backend that built it (the real TensorRT runtime)."""
     family = get_family(entry.family)
+    names, profiles = entry.engine_inputs(family)
     return get_backend(entry.backend).load_runner(
-        store.engine_path(entry), family.input_names, family.output_name,
-        [family.engine_shapes(p) for p in entry.parsed_profiles], onnx_path=store.onnx_path(entry))
+        store.engine_path(entry), names, family.output_name, profiles, onnx_path=store.onnx_path(entry))
 
 
 @dataclass(frozen=True)
