@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .backends import get_backend
-from .errors import BuildCancelled, ProfileError
+from .errors import BuildCancelled, FamilyError, ProfileError
 from .export import ExportReport, export_onnx, residual_inputs
 from .families import Family
 from .names import file_stem
@@ -48,6 +48,9 @@ class BuildRequest:
         """Refuse bad profiles before any work starts (all problems named at once)."""
         if not self.profiles:
             raise ProfileError("at least one profile is needed")
+        if self.controlnet and not self.family.controlnet_points:
+            raise FamilyError(f"{self.family.label} engines cannot take ControlNet: "
+                              f"{self.family.controlnet_unsupported}")
         problems = [f"profile {i + 1}: {p}" for i, prof in enumerate(self.profiles) for p in prof.problems(self.family)]
         if problems:
             raise ProfileError("invalid profile: " + "; ".join(problems))

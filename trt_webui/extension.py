@@ -136,12 +136,14 @@ class Extension:
 
     # -- builds ---------------------------------------------------------------------------------------
 
-    def submit_build(self, profiles: list[Profile], loras: list[dict] | None = None, refit: bool = False) -> Job:
+    def submit_build(self, profiles: list[Profile], loras: list[dict] | None = None, refit: bool = False,
+                     controlnet: bool = False) -> Job:
         """Queue an engine build for the loaded checkpoint; bad input is refused before anything is queued."""
         model = loaded_model.current()
         request = BuildRequest(model.checkpoint, model.hash, model.family, profiles, backend=settings.backend(),
                                compute_capability=settings.compute_capability(),
-                               loras=lora_bake.check_loras(loras or []), refit=refit, dtype=devices.dtype_unet)
+                               loras=lora_bake.check_loras(loras or []), refit=refit, dtype=devices.dtype_unet,
+                               controlnet=controlnet)
         request.validate()
         get_backend(request.backend).version()  # refuse now, with the fix, if the backend is missing
         store = self.store

@@ -18,7 +18,8 @@ from .fit_check import FitQuestion, check_fit
 
 INSTALL_STATUS = settings.EXTENSION_DIR / "install-status.json"
 CUSTOM = "Custom (advanced)"
-ENGINE_COLUMNS = ["id", "checkpoint", "family", "profiles", "LoRAs", "backend", "MB", "created", "status"]
+ENGINE_COLUMNS = ["id", "checkpoint", "family", "profiles", "LoRAs", "ControlNet", "backend", "MB", "created",
+                  "status"]
 
 
 def status_markdown() -> str:
@@ -104,10 +105,11 @@ def add_lora(text: str, name: str | None) -> tuple[str, None]:
     return ", ".join(filter(None, [(text or "").strip(" ,"), f"{name}:1"])), None
 
 
-def build(preset_label: str, lora_text: str, refit: bool, *values: Any,
+def build(preset_label: str, lora_text: str, refit: bool, controlnet: bool, *values: Any,
           progress: gr.Progress = gr.Progress()) -> tuple[str, str, list]:  # noqa: B008
     try:
-        job = EXT.submit_build([profile_from(preset_label, *values)], parse_loras(lora_text), refit=bool(refit))
+        job = EXT.submit_build([profile_from(preset_label, *values)], parse_loras(lora_text), refit=bool(refit),
+                               controlnet=bool(controlnet))
     except TrtError as e:
         return f"⚠ {e}", "", engine_rows()
     while job.state in ("queued", "running"):
@@ -130,9 +132,9 @@ def engine_rows() -> list[list[Any]]:
     try:
         listing = EXT.listing()
     except TrtError as e:
-        return [["", "", "", str(e), "", "", "", "", "error"]]
+        return [["", "", "", str(e), "", "", "", "", "", "error"]]
     return [[e.id, e.checkpoint, e.family, "; ".join(p.label() for p in e.parsed_profiles), e.lora_label,
-             f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1), e.created,
+             "ready" if e.controlnet else "", f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1), e.created,
              listing.status[e.id] or "ok"] for e in listing.entries]
 
 
@@ -180,6 +182,10 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                                     elem_id="trt_refit", info="Prompt <lora:name:weight> then reaches the UNet by "
                                     "refitting the engine. Refittable engines run a little slower, and TensorRT "
                                     "for RTX needs the GPU while building them.")
+                controlnet = gr.Checkbox(False, label="ControlNet-ready", elem_id="trt_controlnet",
+                                         info="The engine takes the ControlNet extension's residuals, so "
+                                         "ControlNet jobs run on it (jobs without ControlNet too). Not for the "
+                                         "SDXL refiner.")
                 with gr.Row():
                     build_button = gr.Button("Export and build engine", variant="primary", elem_id="trt_build")
                     cancel_button = gr.Button("Cancel", elem_id="trt_cancel")
@@ -205,7 +211,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
 
         for component in [preset, *fields]:
             component.change(validate, [preset, *fields], check)
-        build_button.click(build, [preset, loras, refit, *fields], [result, job_id, engines]).then(
+        build_button.click(build, [preset, loras, refit, controlnet, *fields], [result, job_id, engines]).then(
             None, _js="trtRefreshUnetList")
         cancel_button.click(cancel, job_id, result)
         delete_button.click(delete, engine_id, [deleted, engines]).then(None, _js="trtRefreshUnetList")
