@@ -134,8 +134,8 @@ def engine_rows() -> list[list[Any]]:
     except TrtError as e:
         return [["", "", "", str(e), "", "", "", "", "", "error"]]
     return [[e.id, e.checkpoint, e.family, "; ".join(p.label() for p in e.parsed_profiles), e.lora_label,
-             "ready" if e.controlnet else "", f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1), e.created,
-             listing.status[e.id] or "ok"] for e in listing.entries]
+             "ready" if e.controlnet else "", f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1),
+             e.created, listing.status[e.id] or "ok"] for e in listing.entries]
 
 
 def delete(engine_id: str) -> tuple[str, list]:
