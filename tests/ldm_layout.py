@@ -24,15 +24,11 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 1000
                                   max_period=max_period)
 
 
-class Step(torch.nn.Module):
+class Step(torch.nn.Sequential):
     """ldm's ``TimestepEmbedSequential``: res-blocks get ``emb``, transformers get ``context``."""
 
-    def __init__(self, *layers: torch.nn.Module) -> None:
-        super().__init__()
-        self.layers = torch.nn.ModuleList(layers)
-
     def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
+        for layer in self:
             if isinstance(layer, ResnetBlock2D):
                 h = layer(h, emb)
             elif isinstance(layer, Transformer2DModel):
@@ -52,8 +48,9 @@ class LdmView(torch.nn.Module):
         self.channel_mult = [w // widths[0] for w in widths]
         self.num_res_blocks = [unet.config.layers_per_block] * len(widths)
         self.time_embed = unet.time_embedding
-        if unet.class_embedding is not None:
-            self.label_emb = unet.class_embedding
+        if unet.class_embedding is not None:  # sgm's label_emb: Sequential(Sequential(Linear, SiLU, Linear))
+            ce = unet.class_embedding
+            self.label_emb = torch.nn.Sequential(torch.nn.Sequential(ce.linear_1, ce.act, ce.linear_2))
         inputs = [Step(unet.conv_in)]
         for down in unet.down_blocks:
             attentions = getattr(down, "attentions", None)

@@ -15,6 +15,7 @@ Two layouts are supported, read off the module (not the family): ldm/sgm ``UNetM
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -58,8 +59,8 @@ class ControlNetReady(torch.nn.Module):
                      y: torch.Tensor | None, control: list[torch.Tensor]) -> torch.Tensor:
         """ldm/sgm ``UNetModel.forward`` with ControlNet's additions (hook.py ~805-832)."""
         unet = self._unet
-        timestep_embedding = sys.modules[type(unet).__module__].timestep_embedding  # ldm's or sgm's own
-        emb = unet.time_embed(timestep_embedding(timesteps, unet.model_channels, repeat_only=False).to(x.dtype))
+        t_emb = ldm_timestep_embedding(unet)(timesteps, unet.model_channels, repeat_only=False)
+        emb = unet.time_embed(t_emb.to(x.dtype))
         if y is not None:
             emb = emb + unet.label_emb(y)
         h, skips = x, []
@@ -70,3 +71,13 @@ class ControlNetReady(torch.nn.Module):
         for block in unet.output_blocks:
             h = block(torch.cat([h, skips.pop() + control.pop()], dim=1), emb, context)
         return unet.out(h.type(x.dtype))
+
+
+def ldm_timestep_embedding(unet: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """The ``timestep_embedding`` of the module that defines ``unet``'s class (ldm's or sgm's openaimodel, which
+    import it from their ``diffusionmodules.util``); subclasses made by patches are looked through."""
+    for cls in type(unet).__mro__:
+        found = getattr(sys.modules.get(cls.__module__), "timestep_embedding", None)
+        if found is not None:
+            return found
+    raise ExportError(f"no timestep_embedding beside {type(unet).__name__}: not an ldm/sgm UNetModel")
