@@ -156,3 +156,16 @@ def test_tensorrt_rtx_builds_a_controlnet_ready_engine(name, tiny_unet, tmp_path
     with pytest.raises(BuildError, match="control_0"):
         rtx.build(report.path, tmp_path / "plain.engine", [family.engine_shapes(profile)],
                   compute_capability="8.9", cache_dir=tmp_path / "cache")
+
+
+def test_a_family_file_without_controlnet_data_loads_and_refuses_controlnet(tiny_unet):
+    import json
+
+    from trt_lib.families import FAMILIES_DIR, Family
+
+    data = json.loads((FAMILIES_DIR / "sd1.json").read_text(encoding="utf-8"))
+    del data["controlnet"]
+    family = Family.from_dict(data)
+    assert family.presets and not family.controlnet_points
+    with pytest.raises(FamilyError, match="describes no ControlNet residuals"):
+        family.controlnet_residuals(tiny_unet("sd1"))

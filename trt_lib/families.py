@@ -99,8 +99,9 @@ class Family:
             presets=tuple(Preset(p["name"], p["label"], Profile.from_dict(p), bool(p.get("default")))
                           for p in data["presets"]),
             attention_upcast=bool(data.get("attention_upcast", False)),
-            controlnet_points=tuple(ResidualPoint.parse(v) for v in data["controlnet"].get("residuals", ())),
-            controlnet_unsupported=data["controlnet"].get("unsupported", ""),
+            controlnet_points=tuple(ResidualPoint.parse(v) for v in data.get("controlnet", {}).get("residuals", ())),
+            controlnet_unsupported=data.get("controlnet", {}).get(
+                "unsupported", "" if "controlnet" in data else "its family file describes no ControlNet residuals"),
         )
 
     @property
