@@ -6,7 +6,7 @@ here, at load time, because the extension folder is on ``sys.path`` only while t
 
 from modules import script_callbacks, scripts
 
-from trt_webui import api, job_check, settings, tab
+from trt_webui import api, controlnet, job_check, settings, tab
 from trt_webui.extension import EXT
 
 script_callbacks.on_ui_settings(settings.register)
@@ -24,6 +24,11 @@ class TensorRTScript(scripts.Script):
 
     def show(self, is_img2img: bool) -> object:
         return scripts.AlwaysVisible
+
+    def before_process(self, p, *args) -> None:
+        note = controlnet.install()  # before ControlNet's ``process`` hooks the UNet for this job
+        if note:
+            print(f"[TensorRT] {note}")
 
     def process_before_every_sampling(self, p, *args, **kwargs) -> None:
         job_check.before_sampling(p, kwargs.get("c"), kwargs.get("uc"))

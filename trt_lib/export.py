@@ -14,6 +14,9 @@ inputs are exactly the family's. The weight map written beside the ONNX records 
 the exported file: initializer name, ``state_dict`` key, dtype and shape. TensorRT folds the weight
 transposes the graph still holds at build time.
 
+ControlNet-ready exports (``controlnet=True``) take one more input per ControlNet residual, ``control_<i>``,
+added where the ControlNet extension adds it (:mod:`.controlnet_export`); weights and weight map are the same.
+
 fp16 exports of families marked ``attention_upcast`` (SD 2.x) get their attention scores computed in fp32
 (:mod:`.attention_upcast`), as Stability's reference code and the WebUI's "upcast cross attention" do.
 
@@ -40,8 +43,9 @@ import numpy as np
 import torch
 
 from .attention_upcast import upcast_attention_scores
+from .controlnet_export import ControlNetReady
 from .errors import ExportError, TrtError
-from .families import Family
+from .families import CONTROL_PREFIX, Family, ResidualPoint
 from .profiles import CONTEXT_PER_CHUNK, PIXEL_GRID, UnetCall
 from .store import partial_path, remove_if_empty
 
@@ -71,6 +75,8 @@ class ExportReport:
     weight_map: Path
     converted_copy: bool = False
     """True when the module was not already in ``dtype`` on ``device`` and a converted copy was exported."""
+    controlnet: tuple[ResidualPoint, ...] = ()
+    """The ControlNet residual inputs of a ControlNet-ready export, in input order; empty for a plain one."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +109,9 @@ def data_path(onnx_path: Path) -> Path:
 
 def export_onnx(unet: torch.nn.Module, family: Family, path: Path, *,
                 dtype: torch.dtype = torch.float16, device: torch.device | str | None = None,
-                progress: Progress | None = None, opset: int = 17) -> ExportReport:
-    """Export ``unet`` to ``path`` for ``family``, with every profile axis dynamic, all inputs in ``dtype``.
+                progress: Progress | None = None, opset: int = 17, controlnet: bool = False) -> ExportReport:
+    """Export ``unet`` to ``path`` for ``family``, with every profile axis dynamic, all inputs in ``dtype``;
+    with ``controlnet``, ControlNet-ready (one residual input per point of ``family.controlnet_residuals``).
 
     The caller's module is left as it was (weights, dtype, device, train/eval mode); it is only copied when
     its dtype or device differs from the wanted one. Any failure raises :class:`ExportError` naming the cause
@@ -133,18 +140,19 @@ def export_onnx(unet: torch.nn.Module, family: Family, path: Path, *,
         import onnx
 
         report("preparing the UNet for export", 0.0)
+        points = family.controlnet_residuals(unet) if controlnet else ()
         work.mkdir(parents=True)
         model, converted = _module_for_export(unet, dtype, device)
         target = next(model.parameters()).device
         report("tracing the UNet and writing ONNX", 0.1)
         with _eval_mode(model), torch.no_grad():
-            _torch_export(model, family, work / path.name, dtype, target, opset)
+            _torch_export(model, family, points, work / path.name, dtype, target, opset)
         del model  # a converted copy is not needed any more; free it before the checker loads the file
         report("checking the ONNX", 0.7)
         proto = onnx.load(str(work / path.name), load_external_data=False)
         if family.attention_upcast and dtype == torch.float16:
             upcast_attention_scores(proto.graph)
-        external = _finish_graph(proto, family, work, path.name)
+        external = _finish_graph(proto, family.engine_input_names(points), work, path.name)
         onnx.checker.check_model(str(work / path.name))
         report("writing the weight map", 0.9)
         weights = _weight_map(proto, unet.state_dict(), dtype)
@@ -165,7 +173,8 @@ def export_onnx(unet: torch.nn.Module, family: Family, path: Path, *,
             remove_if_empty(path.parent)
     return ExportReport(path=path, seconds=time.perf_counter() - start, onnx_bytes=size, external_data=external,
                         opset=max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-                        dtype=_DTYPES[dtype], weight_map=weight_map_path(path), converted_copy=converted)
+                        dtype=_DTYPES[dtype], weight_map=weight_map_path(path), converted_copy=converted,
+                        controlnet=points)
 
 
 def _module_for_export(unet: torch.nn.Module, dtype: torch.dtype,
@@ -201,8 +210,8 @@ def _eval_mode(module: torch.nn.Module):
             m.training = training
 
 
-def _torch_export(model: torch.nn.Module, family: Family, out: Path, dtype: torch.dtype,
-                  device: torch.device, opset: int) -> None:
+def _torch_export(model: torch.nn.Module, family: Family, points: tuple[ResidualPoint, ...], out: Path,
+                  dtype: torch.dtype, device: torch.device, opset: int) -> None:
     """Trace at the smallest shape engines take (one row, 64x64 px, 77 context rows) and write ``out``.
 
     Every axis a profile varies is dynamic and nothing in the graph depends on the traced size, while the
@@ -210,18 +219,22 @@ def _torch_export(model: torch.nn.Module, family: Family, out: Path, dtype: torc
     (measured on an H100, fp16, traced at the default presets' opt size: SDXL peak 5.6 GiB of which 4.9 GiB
     weights; see the README's performance section for the numbers at this size).
     """
-    inputs = family.example_inputs(1, PIXEL_GRID, PIXEL_GRID, CONTEXT_PER_CHUNK, dtype=dtype, device=device)
+    inputs = family.example_inputs(1, PIXEL_GRID, PIXEL_GRID, CONTEXT_PER_CHUNK, dtype=dtype, device=device,
+                                   controlnet=points)
+    names = family.engine_input_names(points)
+    if points:
+        model = ControlNetReady(model, len(points), "y" in family.input_names)
     with warnings.catch_warnings():  # a warning per traced Python branch, and one for choosing this exporter
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, tuple(inputs[n] for n in family.input_names), str(out), dynamo=False,
-            input_names=list(family.input_names), output_names=[family.output_name],
-            dynamic_axes=family.dynamic_axes(), opset_version=opset,
+            model, tuple(inputs[n] for n in names), str(out), dynamo=False,
+            input_names=list(names), output_names=[family.output_name],
+            dynamic_axes=family.dynamic_axes(points), opset_version=opset,
             do_constant_folding=False, keep_initializers_as_inputs=True)
 
 
-def _finish_graph(proto: onnx.ModelProto, family: Family, folder: Path, name: str) -> bool:
+def _finish_graph(proto: onnx.ModelProto, input_names: Sequence[str], folder: Path, name: str) -> bool:
     """Drop initializers from the graph inputs; put all weights into one data file if they are over 2 GB.
 
     ``proto`` was loaded without its external data; returns whether the weights are now external.
@@ -231,7 +244,7 @@ def _finish_graph(proto: onnx.ModelProto, family: Family, folder: Path, name: st
     from onnx.external_data_helper import uses_external_data
 
     inits = proto.graph.initializer
-    kept = [i for i in proto.graph.input if i.name in family.input_names]
+    kept = [i for i in proto.graph.input if i.name in input_names]
     del proto.graph.input[:]
     proto.graph.input.extend(kept)
     size = sum(_tensor_bytes(t) for t in inits)
@@ -288,6 +301,19 @@ def _move_into_place(work: Path, path: Path, external: bool) -> int:
     if not external:
         data_path(path).unlink(missing_ok=True)  # left by an earlier export of the same name
     return sum(f.stat().st_size for f in moves if f != weight_map_path(path))
+
+
+def residual_inputs(onnx_path: Path) -> tuple[ResidualPoint, ...]:
+    """The ControlNet residual inputs of an export, read off its graph (empty for a plain export): channels
+    from the static dim, downscale from the dim names :meth:`Family.dynamic_axes` gave them."""
+    import onnx
+
+    points = []
+    for tensor in onnx.load(str(onnx_path), load_external_data=False).graph.input:
+        if tensor.name.startswith(CONTROL_PREFIX):
+            _, channels, height, _ = tensor.type.tensor_type.shape.dim
+            points.append(ResidualPoint(channels.dim_value, int(height.dim_param.rsplit("_", 1)[1])))
+    return tuple(points)
 
 
 def load_weight_map(onnx_path: Path) -> dict[str, WeightRef]:

@@ -7,7 +7,7 @@ Adding a family is adding a JSON file; nothing here names a family.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -20,6 +20,9 @@ from .profiles import LATENT_SCALE, Profile
 
 FAMILIES_DIR = Path(__file__).resolve().parent.parent / "models" / "families"
 
+CONTROL_PREFIX = "control_"
+"""ControlNet-ready engines take residual ``i`` as input ``control_<i>``."""
+
 
 @dataclass(frozen=True)
 class UnetTraits:
@@ -29,6 +32,27 @@ class UnetTraits:
     context_dim: int
     adm_dim: int | None = None
     prediction: str = "eps"
+
+
+@dataclass(frozen=True)
+class ResidualPoint:
+    """One place where ControlNet adds a residual: a skip connection of ``channels`` channels whose height and
+    width are the latent's divided by ``downscale``."""
+
+    channels: int
+    downscale: int
+
+    @classmethod
+    def parse(cls, value: Any) -> ResidualPoint:
+        channels, downscale = value
+        if not all(isinstance(v, int) and v > 0 for v in (channels, downscale)) or downscale & (downscale - 1):
+            raise ValueError(f"a ControlNet residual is [channels, downscale] with a power-of-two downscale, "
+                             f"got {value!r}")
+        return cls(channels, downscale)
+
+
+def control_names(count: int) -> tuple[str, ...]:
+    return tuple(f"{CONTROL_PREFIX}{i}" for i in range(count))
 
 
 @dataclass(frozen=True)
@@ -57,6 +81,10 @@ class Family:
     presets: tuple[Preset, ...] = field(default_factory=tuple)
     attention_upcast: bool = False
     """fp16 engines compute attention scores in fp32 (SD 2.x: its logits overflow fp16, giving black images)."""
+    controlnet_points: tuple[ResidualPoint, ...] = ()
+    """Where the released UNets of this family take ControlNet residuals, in ControlNet's order."""
+    controlnet_unsupported: str = ""
+    """Why this family cannot take ControlNet residuals (then ``controlnet_points`` is empty)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Family:
@@ -71,6 +99,9 @@ class Family:
             presets=tuple(Preset(p["name"], p["label"], Profile.from_dict(p), bool(p.get("default")))
                           for p in data["presets"]),
             attention_upcast=bool(data.get("attention_upcast", False)),
+            controlnet_points=tuple(ResidualPoint.parse(v) for v in data.get("controlnet", {}).get("residuals", ())),
+            controlnet_unsupported=data.get("controlnet", {}).get(
+                "unsupported", "" if "controlnet" in data else "its family file describes no ControlNet residuals"),
         )
 
     @property
@@ -99,23 +130,43 @@ class Family:
             consts["adm_dim"] = self.traits.adm_dim
         return consts
 
-    def engine_shapes(self, profile: Profile) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-        """Input name -> (min, opt, max) shapes, as a TensorRT optimisation profile wants them."""
+    def engine_input_names(self, controlnet: Sequence[ResidualPoint] = ()) -> tuple[str, ...]:
+        """The engine's inputs: the family's, then one per ControlNet residual of a ControlNet-ready engine."""
+        return self.input_names + control_names(len(controlnet))
+
+    def controlnet_residuals(self, unet: torch.nn.Module) -> tuple[ResidualPoint, ...]:
+        """The residual points of ``unet`` for a ControlNet-ready export; a clear error where the family has none."""
+        if not self.controlnet_points:
+            raise FamilyError(f"{self.label} engines cannot take ControlNet: {self.controlnet_unsupported}")
+        return unet_residual_points(unet)
+
+    def engine_shapes(self, profile: Profile, controlnet: Sequence[ResidualPoint] = ()
+                      ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """Input name -> (min, opt, max) shapes, as a TensorRT optimisation profile wants them; residuals of a
+        ControlNet-ready engine follow the profile's rows and latent size, scaled down per point."""
         dims = {k: (v, v, v) for k, v in self.constants().items()}
         dims.update(profile.engine_dims())
-        return {name: tuple(tuple(dims[d][i] for d in symbols) for i in range(3))  # type: ignore[misc]
-                for name, symbols in self.inputs.items()}
+        shapes = {name: tuple(tuple(dims[d][i] for d in symbols) for i in range(3))
+                  for name, symbols in self.inputs.items()}
+        for name, point in zip(control_names(len(controlnet)), controlnet):
+            shapes[name] = tuple((dims["batch"][i], point.channels, dims["latent_height"][i] // point.downscale,
+                                  dims["latent_width"][i] // point.downscale) for i in range(3))
+        return shapes  # type: ignore[return-value]
 
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+    def dynamic_axes(self, controlnet: Sequence[ResidualPoint] = ()) -> dict[str, dict[int, str]]:
         """ONNX dynamic axes: every symbolic dim that a profile may vary."""
         varying = set(Profile.static(1, 64, 64).engine_dims())
-        return {name: {i: s for i, s in enumerate(symbols) if s in varying}
+        axes = {name: {i: s for i, s in enumerate(symbols) if s in varying}
                 for name, symbols in {**self.inputs, **self.outputs}.items()}
+        for name, point in zip(control_names(len(controlnet)), controlnet):
+            axes[name] = {0: "batch", 2: f"latent_height_{point.downscale}", 3: f"latent_width_{point.downscale}"}
+        return axes
 
     def example_inputs(self, batch: int, height: int, width: int, context_len: int, *,
                        dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                       seed: int = 0) -> dict[str, torch.Tensor]:
-        """Random inputs of the given shape, as the WebUI would pass them (timesteps fractional in [0, 999])."""
+                       seed: int = 0, controlnet: Sequence[ResidualPoint] = ()) -> dict[str, torch.Tensor]:
+        """Random inputs of the given shape, as the WebUI would pass them (timesteps fractional in [0, 999]),
+        with random residuals for a ControlNet-ready engine's ``controlnet`` points."""
         gen = torch.Generator().manual_seed(seed)
         consts = self.constants()
         dims = {**consts, "batch": batch, "latent_height": height // LATENT_SCALE,
@@ -128,6 +179,10 @@ class Family:
             else:
                 out[name] = torch.randn(shape, generator=gen)
             out[name] = out[name].to(device=device, dtype=dtype)
+        latent = (dims["latent_height"], dims["latent_width"])
+        for name, point in zip(control_names(len(controlnet)), controlnet):
+            shape = (batch, point.channels, *(side // point.downscale for side in latent))
+            out[name] = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
         return out
 
     def limit_problems(self, profile: Profile) -> list[str]:
@@ -195,6 +250,30 @@ def detect_family(traits: UnetTraits, folder: Path = FAMILIES_DIR) -> Family:
 _FIRST_CONV = ("input_blocks.0.0.weight", "conv_in.weight")
 _ADM = ("label_emb.0.0.weight", "class_embedding.linear_1.weight", "add_embedding.linear_1.weight")
 _CONTEXT_SUFFIX = "attn2.to_k.weight"
+
+
+def residual_points(channels: Sequence[int], layers: Sequence[int]) -> tuple[ResidualPoint, ...]:
+    """The skip connections of a UNet with these level widths and res-blocks per level, in ControlNet's order:
+    the input conv, each level's res-blocks and (but the last level's) downsampler, then the middle block."""
+    points = [ResidualPoint(channels[0], 1)]
+    for level, (width, count) in enumerate(zip(channels, layers)):
+        points += [ResidualPoint(width, 2**level)] * count
+        if level < len(channels) - 1:
+            points.append(ResidualPoint(width, 2 ** (level + 1)))
+    return (*points, ResidualPoint(channels[-1], 2 ** (len(channels) - 1)))
+
+
+def unet_residual_points(unet: torch.nn.Module) -> tuple[ResidualPoint, ...]:
+    """The residual points of ``unet``, read off its configuration (ldm/sgm ``UNetModel`` or diffusers)."""
+    if hasattr(unet, "input_blocks"):  # ldm / sgm: model_channels x channel_mult, num_res_blocks per level
+        channels = [unet.model_channels * m for m in unet.channel_mult]
+        layers = unet.num_res_blocks
+    elif "block_out_channels" in getattr(unet, "config", {}):
+        channels, layers = list(unet.config.block_out_channels), unet.config.layers_per_block
+    else:
+        raise FamilyError(f"cannot find the skip connections of a {type(unet).__name__} for ControlNet")
+    layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
+    return residual_points(channels, layers)
 
 
 def unet_traits(unet: torch.nn.Module, prediction: str | None = None) -> UnetTraits:

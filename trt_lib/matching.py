@@ -23,21 +23,33 @@ class Choice:
     profile_index: int
 
 
-def choose(entries: Sequence[EngineEntry], call: UnetCall) -> Choice | None:
-    """The narrowest profile (fastest engine) among ``entries`` that covers ``call``; newest wins ties."""
-    best: tuple[int, Choice] | None = None
+def choose(entries: Sequence[EngineEntry], call: UnetCall, controlnet: bool = False) -> Choice | None:
+    """The narrowest profile (fastest engine) among ``entries`` that covers ``call``; newest wins ties.
+
+    A call with ControlNet residuals runs on ControlNet-ready engines only; other calls run on any engine,
+    plain ones (no residual inputs to bind) first at equal width.
+    """
+    best: tuple[tuple[int, bool], Choice] | None = None
     for entry in sorted(entries, key=lambda e: e.created, reverse=True):
+        if controlnet and not entry.controlnet:
+            continue
         for index, profile in enumerate(entry.parsed_profiles):
-            if profile.covers(call) and (best is None or profile.spread() < best[0]):
-                best = (profile.spread(), Choice(entry, index))
+            rank = (profile.spread(), entry.controlnet)
+            if profile.covers(call) and (best is None or rank < best[0]):
+                best = (rank, Choice(entry, index))
     return best[1] if best else None
 
 
 def plan(entries: Sequence[EngineEntry], calls: Sequence[UnetCall], family: Family, checkpoint: str,
-         sources: Mapping[UnetCall, CallSource] | None = None) -> dict[UnetCall, Choice]:
+         sources: Mapping[UnetCall, CallSource] | None = None, controlnet: bool = False) -> dict[UnetCall, Choice]:
     """A choice for every call of a job; :class:`NoProfileError` that says what is missing otherwise.
     ``sources`` (from :func:`~trt_lib.job_shapes.call_sources`) lets the message speak of batch size and
-    of the prompt or negative prompt rather than of engine rows."""
+    of the prompt or negative prompt rather than of engine rows; ``controlnet``: only ControlNet-ready
+    engines can take the job."""
+    if controlnet:
+        if not any(e.controlnet for e in entries):
+            raise NoProfileError(no_controlnet_engine(checkpoint))
+        entries = [e for e in entries if e.controlnet]
     chosen: dict[UnetCall, Choice] = {}
     uncovered = []
     for call in calls:
@@ -50,6 +62,12 @@ def plan(entries: Sequence[EngineEntry], calls: Sequence[UnetCall], family: Fami
         needs = [need(entries, call, (sources or {}).get(call)) for call in uncovered]
         raise NoProfileError(explain(entries, needs, calls, family, checkpoint), needs=needs)
     return chosen
+
+
+def no_controlnet_engine(checkpoint: str) -> str:
+    return (f"ControlNet is on for this job, but no TensorRT engine of {checkpoint} is ControlNet-ready. Build one "
+            "with \"ControlNet-ready\" ticked in the TensorRT tab (API: \"controlnet\": true), or choose None for SD "
+            "Unet for ControlNet jobs.")
 
 
 def need(entries: Sequence[EngineEntry], call: UnetCall, source: CallSource | None = None) -> str:

@@ -127,5 +127,5 @@ def reference_runner(store: EngineStore, entry: EngineEntry) -> OnnxRuntimeRunne
     onnx = store.onnx_path(entry)
     if onnx is None:
         raise EngineRunError(f"engine {entry.id} has no ONNX export recorded, which ONNX Runtime would run")
-    return OnnxRuntimeRunner(onnx, family.input_names, family.output_name,
-                             [family.engine_shapes(p) for p in entry.parsed_profiles])
+    names, profiles = entry.engine_inputs(family)
+    return OnnxRuntimeRunner(onnx, names, family.output_name, profiles)

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from .backends import get_backend
-from .errors import BuildCancelled, ProfileError
-from .export import ExportReport, export_onnx
+from .errors import BuildCancelled, FamilyError, ProfileError
+from .export import ExportReport, export_onnx, residual_inputs
 from .families import Family
 from .names import file_stem
 from .profiles import Profile
@@ -45,11 +45,16 @@ class BuildRequest:
     loras: list[dict[str, Any]] = field(default_factory=list)
     refit: bool = False
     dtype: torch.dtype = torch.float16
+    controlnet: bool = False
+    """ControlNet-ready: one extra input per ControlNet residual."""
 
     def validate(self) -> None:
         """Refuse bad profiles before any work starts (all problems named at once)."""
         if not self.profiles:
             raise ProfileError("at least one profile is needed")
+        if self.controlnet and not self.family.controlnet_points:
+            raise FamilyError(f"{self.family.label} engines cannot take ControlNet: "
+                              f"{self.family.controlnet_unsupported}")
         problems = [f"profile {i + 1}: {p}" for i, prof in enumerate(self.profiles) for p in prof.problems(self.family)]
         if problems:
             raise ProfileError("invalid profile: " + "; ".join(problems))
@@ -58,7 +63,7 @@ class BuildRequest:
         """Names the ONNX export by the weights it holds: one per checkpoint (its hash), LoRA set and dtype,
         shared by all its engines."""
         lora = json.dumps(self.loras, sort_keys=True)
-        key = f"{self.checkpoint_hash}|{lora}|{self.dtype}|{EXPORT_FORMAT}"
+        key = f"{self.checkpoint_hash}|{lora}|{self.dtype}|{EXPORT_FORMAT}" + ("|controlnet" if self.controlnet else "")
         digest = hashlib.sha256(key.encode()).hexdigest()[:10]
         return f"{file_stem(self.checkpoint)}-{digest}"
 
@@ -88,7 +93,7 @@ def export_stage(unet: torch.nn.Module, request: BuildRequest, store: EngineStor
     report_progress("exporting the UNet to ONNX", 0.0)
     onnx_path.parent.parent.mkdir(parents=True, exist_ok=True)
     export: ExportReport = export_onnx(
-        unet, request.family, onnx_path, dtype=request.dtype, device=device,
+        unet, request.family, onnx_path, dtype=request.dtype, device=device, controlnet=request.controlnet,
         progress=lambda stage, f: (BuildCancelled.check(cancel), report_progress(stage, f * EXPORT_SHARE)))
     report_progress(f"exported in {export.seconds:.1f} s", EXPORT_SHARE)
     return onnx_path
@@ -102,8 +107,9 @@ def build_stage(onnx_path: Path, request: BuildRequest, store: EngineStore, *,
     report_progress = progress or (lambda stage, fraction: None)
     engine_id = store.new_id(request.checkpoint)
     engine_path = store.folder / f"{engine_id}.engine"
+    points = residual_inputs(onnx_path)
     build = get_backend(request.backend).build(
-        onnx_path, engine_path, [request.family.engine_shapes(p) for p in request.profiles],
+        onnx_path, engine_path, [request.family.engine_shapes(p, points) for p in request.profiles],
         compute_capability=request.compute_capability, refit=request.refit, strip_weights=request.refit,
         progress=lambda stage, f: report_progress(stage, EXPORT_SHARE + f * (1 - EXPORT_SHARE)),
         cancel=cancel, cache_dir=store.folder / "cache")
@@ -114,7 +120,8 @@ def build_stage(onnx_path: Path, request: BuildRequest, store: EngineStore, *,
         compute_capabilities=list(build.compute_capabilities), engine_file=engine_path.name,
         engine_bytes=build.engine_bytes, onnx_file=str(onnx_path.relative_to(store.folder).as_posix()),
         loras=list(request.loras), refittable=build.refittable, weight_stripped=build.weight_stripped,
-        dtype=str(request.dtype).removeprefix("torch."), build_seconds=round(build.seconds, 2))
+        dtype=str(request.dtype).removeprefix("torch."), build_seconds=round(build.seconds, 2),
+        controlnet=bool(points), controlnet_residuals=[[p.channels, p.downscale] for p in points])
     try:
         store.add(entry)
     except BaseException:

@@ -18,13 +18,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
 from .errors import StoreError, UnrecordedEngineError, UnsafeNameError
+from .families import ResidualPoint
 from .names import check_id, file_stem, inside
 from .profiles import Profile
+
+if TYPE_CHECKING:
+    from .families import Family
+    from .runtime import EngineProfile
 
 MANIFEST = "manifest.json"
 FORMAT = "sd-webui-tensorrt/engines"
@@ -67,6 +72,10 @@ class EngineEntry:
     created: str = ""
     check: dict[str, Any] = field(default_factory=dict)
     """The last engine check's report (:class:`~trt_lib.engine_check.CheckReport` as a dict); empty: never checked."""
+    controlnet: bool = False
+    """ControlNet-ready: the engine takes ControlNet's residuals as extra inputs (zeros when no unit runs)."""
+    controlnet_residuals: list[list[int]] = field(default_factory=list)
+    """[channels, latent downscale] of each residual input ``control_<i>``, in input order."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineEntry:
@@ -77,6 +86,8 @@ class EngineEntry:
             [Profile.from_dict(p) for p in entry.profiles]
             if not isinstance(entry.check, dict):
                 raise ValueError(f"check is {type(entry.check).__name__}, not an object")
+            if entry.controlnet != bool(entry.residual_points):
+                raise ValueError("controlnet and controlnet_residuals disagree")
         except (TypeError, ValueError) as e:
             raise StoreError(f"malformed manifest entry {data.get('id', '?')!r}: {e}") from e
         return entry
@@ -87,6 +98,15 @@ class EngineEntry:
     @property
     def parsed_profiles(self) -> list[Profile]:
         return [Profile.from_dict(p) for p in self.profiles]
+
+    @property
+    def residual_points(self) -> tuple[ResidualPoint, ...]:
+        return tuple(ResidualPoint.parse(p) for p in self.controlnet_residuals)
+
+    def engine_inputs(self, family: Family) -> tuple[tuple[str, ...], list[EngineProfile]]:
+        """The engine's input names and its optimisation profiles, residual inputs included."""
+        points = self.residual_points
+        return family.engine_input_names(points), [family.engine_shapes(p, points) for p in self.parsed_profiles]
 
     @property
     def lora_label(self) -> str:
@@ -104,6 +124,8 @@ class EngineEntry:
         parts = ["; ".join(p.label() for p in self.parsed_profiles)]
         if self.loras:
             parts.append(f"LoRA {self.lora_label}")
+        if self.controlnet:
+            parts.append("ControlNet")
         return f"{' | '.join(parts)} ({self.backend} {self.backend_version})"
 
 

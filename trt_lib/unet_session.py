@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .errors import NoProfileError
+from .errors import EngineRunError, NoProfileError
 from .families import Family
 from .lora_refit import LoraRefitter
-from .matching import choose, explain, need
+from .matching import choose, explain, need, no_controlnet_engine
 from .profiles import UnetCall
 from .runtime import EngineRunner
 from .store import EngineEntry
@@ -36,22 +36,30 @@ class UnetSession:
         self._load_runner = load_runner
         self._max_loaded = max_loaded
         self._runners: OrderedDict[str, EngineRunner] = OrderedDict()
-        self._by_shape: dict[tuple, EngineRunner] = {}
+        self._by_shape: dict[tuple, tuple[EngineRunner, tuple[torch.Tensor, ...]]] = {}
+        """Per call shape (and whether it carries residuals): its runner and the zero residuals it binds."""
         self._names = family.input_names
 
-    def runner_for(self, call: UnetCall) -> EngineRunner:
-        """The loaded runner whose engine covers ``call`` (loading it, and unloading the oldest, if needed)."""
-        choice = choose(self.entries, call)
+    def runner_for(self, call: UnetCall, controlnet: bool = False) -> EngineRunner:
+        """The loaded runner whose engine covers ``call`` (loading it, and unloading the oldest, if needed);
+        with ``controlnet``, a ControlNet-ready one."""
+        return self._load(call, controlnet)[1]
+
+    def _load(self, call: UnetCall, controlnet: bool) -> tuple[EngineEntry, EngineRunner]:
+        choice = choose(self.entries, call, controlnet)
         if choice is None:
-            needs = [need(self.entries, call)]
-            raise NoProfileError(explain(self.entries, needs, [call], self.family, self.checkpoint), needs)
+            if controlnet and not any(e.controlnet for e in self.entries):
+                raise NoProfileError(no_controlnet_engine(self.checkpoint))
+            entries = [e for e in self.entries if e.controlnet] if controlnet else self.entries
+            needs = [need(entries, call)]
+            raise NoProfileError(explain(entries, needs, [call], self.family, self.checkpoint), needs)
         engine_id = choice.entry.id
         if engine_id in self._runners:
             self._runners.move_to_end(engine_id)
-            return self._runners[engine_id]
+            return choice.entry, self._runners[engine_id]
         while len(self._runners) >= self._max_loaded:
             _, old = self._runners.popitem(last=False)
-            self._by_shape = {k: r for k, r in self._by_shape.items() if r is not old}
+            self._by_shape = {k: b for k, b in self._by_shape.items() if b[0] is not old}
             old.close()
         runner = self._load_runner(choice.entry)
         if self.loras is not None:
@@ -61,7 +69,7 @@ class UnetSession:
                 runner.close()
                 raise
         self._runners[engine_id] = runner
-        return runner
+        return choice.entry, runner
 
     def loaded(self) -> list[tuple[EngineEntry, EngineRunner]]:
         """The runners loaded now, with their engines."""
@@ -74,22 +82,41 @@ class UnetSession:
             for entry, runner in self.loaded():
                 self.loras.sync(entry, runner)
 
-    def preload(self, call: UnetCall) -> None:
+    def preload(self, call: UnetCall, controlnet: bool = False) -> None:
         """Load the engine for a typical call before sampling, so the first step is not slow."""
-        self.runner_for(call)
+        self.runner_for(call, controlnet)
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                 y: torch.Tensor | None = None) -> torch.Tensor:
-        key = (x.shape, context.shape)
-        runner = self._by_shape.get(key)
-        if runner is None:
-            runner = self.runner_for(UnetCall.from_inputs(x.shape, context.shape))
-            self._by_shape[key] = runner
-        values = (x, timesteps, context, y)
-        return runner(dict(zip(self._names, values)))
+                 y: torch.Tensor | None = None,
+                 control: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """One UNet call; ``control``: ControlNet's residuals (``None`` where a point gets none) for a
+        ControlNet-ready engine. Without them such an engine gets its cached zero residuals."""
+        key = (x.shape, context.shape, control is not None)
+        bound = self._by_shape.get(key)
+        if bound is None:
+            entry, runner = self._load(UnetCall.from_inputs(x.shape, context.shape), control is not None)
+            bound = self._by_shape[key] = (runner, _zeros(entry, x))
+        runner, zeros = bound
+        feeds = dict(zip(self._names, (x, timesteps, context, y)))
+        if control is None:
+            residuals: Sequence[torch.Tensor | None] = zeros
+        elif len(control) != len(zeros):
+            raise EngineRunError(f"ControlNet gave {len(control)} residuals; the engine takes {len(zeros)}")
+        else:
+            residuals = [z if c is None else c for c, z in zip(control, zeros)]
+        feeds.update(zip(runner.input_names[len(self._names):], residuals))
+        return runner(feeds)
+
 
     def close(self) -> None:
         for runner in self._runners.values():
             runner.close()
         self._runners.clear()
         self._by_shape.clear()
+
+
+def _zeros(entry: EngineEntry, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Zero residuals for ``entry``'s residual inputs at the size of ``x`` (none for a plain engine)."""
+    rows, _, height, width = x.shape
+    return tuple(torch.zeros(rows, p.channels, height // p.downscale, width // p.downscale,
+                             dtype=x.dtype, device=x.device) for p in entry.residual_points)

@@ -53,6 +53,8 @@ class BuildBody(BaseModel):
     loras: list[LoraBody] = Field(default_factory=list, description="LoRAs baked into the engine (UNet part)")
     refit: bool = Field(False, description="refittable engine: prompt LoRAs switch without a rebuild (slower "
                                            "engine; TensorRT for RTX then needs the GPU while building)")
+    controlnet: bool = Field(False, description="ControlNet-ready engine: takes the ControlNet extension's "
+                                                "residuals (also runs jobs without ControlNet)")
 
     class Config:
         extra = Extra.forbid
@@ -141,7 +143,8 @@ def start_build(body: BuildBody) -> dict[str, str]:
             profiles = [loaded_model.current().family.preset(body.preset).profile]
         else:
             profiles = [Profile.from_dict(p.dict()) for p in body.profiles]
-        job = EXT.submit_build(profiles, [lo.dict() for lo in body.loras], refit=body.refit)
+        job = EXT.submit_build(profiles, [lo.dict() for lo in body.loras], refit=body.refit,
+                               controlnet=body.controlnet)
     except TrtError as e:
         raise _fail(e) from e
     return {"job_id": job.id}

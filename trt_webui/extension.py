@@ -33,9 +33,9 @@ RunnerFactory = Callable[[EngineStore, EngineEntry], EngineRunner]
 def backend_runner(store: EngineStore, entry: EngineEntry) -> EngineRunner:
     """Load ``entry`` with the backend that built it (the real TensorRT runtime)."""
     family = get_family(entry.family)
+    names, profiles = entry.engine_inputs(family)
     return get_backend(entry.backend).load_runner(
-        store.engine_path(entry), family.input_names, family.output_name,
-        [family.engine_shapes(p) for p in entry.parsed_profiles], onnx_path=store.onnx_path(entry))
+        store.engine_path(entry), names, family.output_name, profiles, onnx_path=store.onnx_path(entry))
 
 
 def selected_runner(store: EngineStore, entry: EngineEntry) -> EngineRunner:
@@ -198,14 +198,15 @@ class Extension:
     # -- builds ---------------------------------------------------------------------------------------
 
     def submit_build(self, profiles: list[Profile], loras: list[dict] | None = None, refit: bool = False,
-                     replaces: str = "") -> Job:
+                     controlnet: bool = False, replaces: str = "") -> Job:
         """Queue an engine build for the loaded checkpoint; bad input is refused before anything is queued.
         ``replaces``: an engine deleted once this one is built (Rebuild)."""
         model = loaded_model.current()
         self.store.check_readable()
         request = BuildRequest(model.checkpoint, model.hash, model.family, profiles, backend=settings.backend(),
                                compute_capability=settings.compute_capability(),
-                               loras=lora_bake.check_loras(loras or []), refit=refit, dtype=devices.dtype_unet)
+                               loras=lora_bake.check_loras(loras or []), refit=refit, dtype=devices.dtype_unet,
+                               controlnet=controlnet)
         request.validate()
         # refuse now, with the fix: the backend missing, nothing to build for (no GPU, no target), a bad release
         backend = get_backend(request.backend)

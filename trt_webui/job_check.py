@@ -2,9 +2,11 @@
 
 Runs from the always-on script's ``process_before_every_sampling``, when the conditionings exist and the
 hires size is known: before the first pass it checks both passes (with the first pass's prompt lengths),
-before the hires pass that pass again with its own prompts. The WebUI reports and swallows exceptions raised in script
-hooks, so a rejection is handed to the active engine, which raises it at the job's first UNet call (before
-any work); "fall back" switches this job to the PyTorch UNet instead and ``postprocess`` switches back.
+before the hires pass that pass again with its own prompts. ControlNet jobs (:mod:`.controlnet`) are checked
+too: their units, and a ControlNet-ready engine for every call. The WebUI reports and swallows exceptions
+raised in script hooks, so a rejection is handed to what the job's first UNet call will run (the engine, or
+the forward another extension put on the UNet), which raises it before any work; "fall back" switches this
+job to the PyTorch UNet instead and ``postprocess`` switches back.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from trt_lib.lora_refit import describe, key_of_entries
 from trt_lib.matching import plan
 from trt_lib.profiles import TOKENS_PER_CHUNK, tokens_for_context
 
-from . import loaded_model, prompt_loras, reference_runtime, settings
-from .provider import TrtUnet, checkpoint_mismatch
+from . import controlnet, loaded_model, prompt_loras, reference_runtime, settings
+from .provider import TrtUnet, checkpoint_mismatch, for_api
 
 FELL_BACK = "_trt_fell_back"
 
@@ -37,6 +39,7 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
                 and not getattr(p, FELL_BACK, False):
             other_checkpoint_pass(p, c, uc)  # loaded as a new model (another config): no engine applied
         return
+    unet.pending = None  # a rejection of an earlier job that never reached its UNet is not this job's
     try:
         model = loaded_model.current()
         if model.checkpoint != unet.option.checkpoint:
@@ -44,19 +47,26 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
                 other_checkpoint_pass(p, c, uc)
                 return
             raise checkpoint_mismatch(unet.option, model.checkpoint)
-        hook = loaded_model.forward_hook_owner(shared.sd_model.model.diffusion_model)
+        forward = shared.sd_model.model.diffusion_model.__dict__.get("forward")
+        with_controlnet = isinstance(forward, controlnet.EngineForward)
+        if with_controlnet:
+            problems = controlnet.unsupported(forward.control_params)
+            if problems:
+                raise controlnet.unit_error(problems)
+        hook = None if with_controlnet else loaded_model.forward_hook_owner(shared.sd_model.model.diffusion_model)
         if hook is not None:
+            note = controlnet.install()
             raise UnetHookedError(
-                f"another extension replaced the UNet's forward for this job ({hook}; ControlNet does this), and "
-                "what it adds cannot reach a TensorRT engine. Choose None for SD Unet for such jobs, or set the "
-                "TensorRT fallback setting.")
+                f"another extension replaced the UNet's forward for this job ({hook}{'; ' + note if note else ''}),"
+                " and what it adds cannot reach a TensorRT engine. Choose None for SD Unet for such jobs, or set "
+                "the TensorRT fallback setting.")
         session = unet.session
         if session is None:  # activate() could not load the engines; it kept the reason
             raise unet.load_error()
         spec = job_spec(p, c, uc)
         calls = unet_calls(spec)
-        plan(session.entries, calls, model.family, model.title, call_sources(spec))
-        session.preload(calls[0])  # an engine that cannot load here (no GPU, other GPU) is found before any step
+        plan(session.entries, calls, model.family, model.title, call_sources(spec), controlnet=with_controlnet)
+        session.preload(calls[0], with_controlnet)  # an engine that cannot load here is found before any step
         prompt_loras.before_sampling(p, session)
         reference_runtime.note_in_infotext(p, session)
     except TrtError as e:
@@ -91,6 +101,35 @@ def reject(p: Any, unet: TrtUnet, error: TrtError) -> None:
         setattr(p, FELL_BACK, True)
         sd_unet.apply_unet("None")
     else:
+        stop_at_first_call(unet, error)
+
+
+class _RaiseOnce:
+    """A UNet instance forward that another extension installed, which raises the job check's error at the
+    job's first UNet call and puts that forward back."""
+
+    def __init__(self, model: Any, forward: Any, error: TrtError) -> None:
+        self.model, self.forward, self.error = model, forward, error
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.restore()
+        raise for_api(self.error)
+
+    def restore(self) -> None:
+        if self.model.__dict__.get("forward") is self:
+            self.model.forward = self.forward
+
+
+def stop_at_first_call(unet: TrtUnet, error: TrtError) -> None:
+    """Raise ``error`` at the job's first UNet call: the engine's forward, or the forward another extension
+    put on the UNet instance (then the engine's is never called, and the error must not wait there)."""
+    model = shared.sd_model.model.diffusion_model
+    forward = model.__dict__.get("forward")
+    if isinstance(forward, controlnet.EngineForward):
+        forward.pending = error
+    elif loaded_model.forward_hook_owner(model) is not None:
+        model.forward = _RaiseOnce(model, forward, error)
+    else:
         unet.pending = error
 
 
@@ -109,7 +148,14 @@ def baked_for_pytorch(unet: TrtUnet) -> str:
 
 
 def after_job(p: Any) -> None:
-    """Put the engine back after a job that fell back to PyTorch."""
+    """Put the engine back after a job that fell back to PyTorch; drop a rejection nothing raised."""
+    unet = sd_unet.current_unet
+    if isinstance(unet, TrtUnet):
+        unet.pending = None
+    forward = getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None)
+    forward = getattr(forward, "__dict__", {}).get("forward")
+    if isinstance(forward, _RaiseOnce):
+        forward.restore()
     if getattr(p, FELL_BACK, False):
         setattr(p, FELL_BACK, False)
         sd_unet.apply_unet()

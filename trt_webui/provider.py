@@ -124,7 +124,9 @@ class TrtUnet(sd_unet.SdUnet):
         devices.torch_gc()
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *args,
-                **kwargs) -> torch.Tensor:
+                control: list | None = None, **kwargs) -> torch.Tensor:
+        """One UNet call; ``control``: ControlNet's residuals, from :mod:`.controlnet` (then no PyTorch fallback:
+        the call is already inside ControlNet's forward)."""
         if self.pending is not None:
             error, self.pending = self.pending, None
             raise for_api(error)
@@ -135,9 +137,9 @@ class TrtUnet(sd_unet.SdUnet):
         try:
             if self._loras or prompt_loras.loaded_networks():  # no work per call while no LoRA is in play
                 self._follow_loras()
-            out = self.session(x, timesteps, context, kwargs.get("y"))
+            out = self.session(x, timesteps, context, kwargs.get("y"), control=control)
         except (NoProfileError, UncoveredLoraError) as e:  # a job the check before sampling did not see
-            if not settings.falls_back():
+            if control is not None or not settings.falls_back():
                 raise for_api(e) from None
             self._say(f"using the PyTorch UNet for a call no engine takes: {e}")
             return self._pytorch(x, timesteps, context, *args, **kwargs)

@@ -24,7 +24,8 @@ from .fit_check import FitQuestion, check_fit
 
 INSTALL_STATUS = settings.EXTENSION_DIR / "install-status.json"
 CUSTOM = "Custom (advanced)"
-ENGINE_COLUMNS = ["id", "checkpoint", "family", "profiles", "LoRAs", "backend", "MB", "created", "status", "check"]
+ENGINE_COLUMNS = ["id", "checkpoint", "family", "profiles", "LoRAs", "ControlNet", "backend", "MB", "created",
+                  "status", "check"]
 
 
 def status_markdown() -> str:
@@ -163,7 +164,7 @@ def build(progress: gr.Progress = gr.Progress(), *inputs: Any) -> tuple[str, str
 
     Gradio 3.41 hooks up a ``gr.Progress`` only for a positional parameter whose default is one, before any
     ``*args`` (``gradio.helpers.special_args``): hence ``progress`` first and the button's inputs (preset,
-    LoRAs, refit, the twelve custom fields) after it."""
+    LoRAs, refit, ControlNet-ready, the twelve custom fields) after it."""
     return _build(progress, *inputs)
 
 
@@ -174,9 +175,10 @@ def build_without_progress(*inputs: Any) -> tuple[str, str, pd.DataFrame]:
 
 
 def _build(progress: gr.Progress | None, preset_label: Any = None, lora_text: Any = "", refit: Any = False,
-           *values: Any) -> tuple[str, str, pd.DataFrame]:
+           controlnet: Any = False, *values: Any) -> tuple[str, str, pd.DataFrame]:
     try:
-        job = EXT.submit_build([profile_from(preset_label, *values)], parse_loras(lora_text), refit=bool(refit))
+        job = EXT.submit_build([profile_from(preset_label, *values)], parse_loras(lora_text), refit=bool(refit),
+                               controlnet=bool(controlnet))
     except TrtError as e:
         return f"⚠ {e}", "", engine_rows()
     while job.state in ("queued", "running"):
@@ -209,11 +211,12 @@ def engine_rows() -> pd.DataFrame:
     try:
         listing = EXT.listing()
     except TrtError as e:
-        return pd.DataFrame([["", "", "", str(e), "", "", "", "", "error", ""]], columns=ENGINE_COLUMNS)
+        return pd.DataFrame([["", "", "", str(e), "", "", "", "", "", "error", ""]], columns=ENGINE_COLUMNS)
     rows = [[e.id, e.checkpoint, e.family, "; ".join(p.label() for p in e.parsed_profiles), e.lora_label,
-             f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1), local_time(e.created),
-             listing.status[e.id] or "ok", e.check.get("summary", "not checked")] for e in listing.entries]
-    rows += [[name, "", "", "", "", "", "", "", why, ""] for name, why in _stray_files(listing).items()]
+             "ready" if e.controlnet else "", f"{e.backend} {e.backend_version}", round(e.engine_bytes / 2**20, 1),
+             local_time(e.created), listing.status[e.id] or "ok", e.check.get("summary", "not checked")]
+            for e in listing.entries]
+    rows += [[name, "", "", "", "", "", "", "", "", why, ""] for name, why in _stray_files(listing).items()]
     return pd.DataFrame(rows, columns=ENGINE_COLUMNS)
 
 
@@ -363,6 +366,10 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                                     elem_id="trt_refit", info="Prompt <lora:name:weight> then reaches the UNet by "
                                     "refitting the engine. Refittable engines run a little slower, and TensorRT "
                                     "for RTX needs the GPU while building them.")
+                controlnet = gr.Checkbox(False, label="ControlNet-ready", elem_id="trt_controlnet",
+                                         info="The engine takes the ControlNet extension's residuals, so "
+                                         "ControlNet jobs run on it (jobs without ControlNet too). Not for the "
+                                         "SDXL refiner.")
                 with gr.Row():
                     build_button = gr.Button("Export and build engine", variant="primary", elem_id="trt_build")
                     cancel_button = gr.Button("Cancel", elem_id="trt_cancel")
@@ -393,7 +400,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
             component.change(validate, [preset, *fields], check)
         queued = not shared.cmd_opts.no_gradio_queue
         handler, checker = (build, check_engine) if queued else (build_without_progress, check_engine_without_progress)
-        build_button.click(handler, [preset, loras, refit, *fields], [result, job_id, engines]).then(
+        build_button.click(handler, [preset, loras, refit, controlnet, *fields], [result, job_id, engines]).then(
             None, _js="trtRefreshUnetList")
         cancel_button.click(cancel, job_id, result)
         engines.select(pick_row, engines, picked)

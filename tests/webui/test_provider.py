@@ -222,6 +222,27 @@ def test_a_unet_forward_hooked_by_another_extension_is_never_silently_bypassed(s
     assert len(calls) == 2
 
 
+def test_a_hooked_forward_that_never_calls_the_engine_is_stopped_and_nothing_leaks(sd1, monkeypatch):
+    """Like ControlNet's forward (hook.py:796-835): it runs the UNet's blocks itself, never the class forward, so
+    a rejection waiting on the engine would never be raised and would stop a later job instead."""
+    unet = sd1.unet()
+    seen = []
+
+    def own_loop_forward(self, x, timesteps=None, context=None, **kwargs):
+        seen.append(x.shape)
+        return torch.zeros_like(x)
+
+    unet.forward = types.MethodType(own_loop_forward, unet)
+    calls = record_calls(sd1, monkeypatch)
+    with pytest.raises(Exception, match="another extension replaced the UNet's forward.*own_loop_forward"):
+        sd1.txt2img(prompt="a cat", steps=2)
+    assert seen == [] and calls == []  # raised by the forward the job called, before its first step
+    assert sd1.sd_unet.current_unet.pending is None
+    unet.forward = types.MethodType(type(unet).forward, unet)  # the extension put the forward back
+    sd1.txt2img(prompt="a cat", steps=2)  # the next job is not stopped by the earlier job's error
+    assert len(calls) == 2
+
+
 @pytest.mark.catalogue("sampling")
 @pytest.mark.parametrize("setting", ["raise", "fallback"])
 def test_an_inner_job_of_another_extension_is_checked_at_its_first_call(sd1, monkeypatch, capsys, setting):

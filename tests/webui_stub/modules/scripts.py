@@ -4,7 +4,6 @@ scripts' hooks in load order, reporting and swallowing each hook's exception as 
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import os
 import sys
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from modules import errors, script_callbacks
+from modules import errors, script_callbacks, script_loading
 
 AlwaysVisible = object()
 
@@ -87,11 +86,8 @@ scripts_data: list[ScriptClassData] = []
 
 
 def load_module(path: str) -> ModuleType:
-    """modules/script_loading.load_module: the file runs as a module named after its file name."""
-    module_spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+    """modules/scripts.py:515 loads each script with ``script_loading.load_module``."""
+    return script_loading.load_module(path)
 
 
 def load_scripts(extension_dirs: list[str]) -> None:
