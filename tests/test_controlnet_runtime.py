@@ -129,5 +129,5 @@ def test_controlnet_calls_need_a_controlnet_ready_engine(built):
         run(feeds["sample"], feeds["timesteps"], feeds["encoder_hidden_states"], control=[None] * 5)
     wide = dataclasses.replace(ready, id="wide", profiles=[Profile.static(1, 256, 256).to_dict()])
     run, _ = session(store, [plain, wide], "sd1")
-    with pytest.raises(NoProfileError, match="nearest engine wide"):
+    with pytest.raises(NoProfileError, match="the nearest engine, wide"):
         run(feeds["sample"], feeds["timesteps"], feeds["encoder_hidden_states"], control=[None] * 5)

@@ -107,7 +107,7 @@ def build_stage(onnx_path: Path, request: BuildRequest, store: EngineStore, *,
     report_progress = progress or (lambda stage, fraction: None)
     engine_id = store.new_id(request.checkpoint)
     engine_path = store.folder / f"{engine_id}.engine"
-    points = residual_inputs(onnx_path)
+    points = residual_inputs(onnx_path) if request.controlnet else ()
     build = get_backend(request.backend).build(
         onnx_path, engine_path, [request.family.engine_shapes(p, points) for p in request.profiles],
         compute_capability=request.compute_capability, refit=request.refit, strip_weights=request.refit,

@@ -158,7 +158,7 @@ def test_without_a_gpu_or_a_target_a_build_is_refused_before_the_export(client, 
     assert webui.EXT.jobs.jobs() == [] and store_files(webui) == []
     tab = webui.module("trt_webui.tab")
     preset = webui.module("trt_lib.families").get_family("sd1").preset("static-512").label
-    answer, job_id, _ = tab.build(None, preset, "", False, *[0] * 12)
+    answer, job_id, _ = tab.build(None, preset, "", False, False, *[0] * 12)
     assert answer.startswith("⚠ ") and '"Build for compute capability"' in answer and job_id == ""
     assert webui.EXT.jobs.jobs() == [] and store_files(webui) == []
 

@@ -42,7 +42,7 @@ BAD_CUSTOM = [[None] * 12, [""] * 12, ["four"] * 12, [1.5] + FIELDS[1:], [float(
 def test_a_preset_not_among_the_choices_gets_a_message(tab, webui, preset):
     """Issue 11, defect 3: such values raised StopIteration (a bare red "Error" in the browser)."""
     assert tab.validate(preset, *FIELDS).startswith("⚠ ")
-    answer, job_id, _ = tab.build(None, preset, "", False, *FIELDS)
+    answer, job_id, _ = tab.build(None, preset, "", False, False, *FIELDS)
     assert answer.startswith("⚠ ") and "pick one from the list" in answer and job_id == ""
     assert webui.EXT.jobs.jobs() == []
 
@@ -52,7 +52,7 @@ def test_a_preset_not_among_the_choices_gets_a_message(tab, webui, preset):
 def test_bad_custom_fields_get_a_message(tab, webui, fields):
     message = tab.validate(tab.CUSTOM, *fields)
     assert message.startswith("⚠ ") and ("enter a number" in message or "whole number" in message)
-    assert tab.build(None, tab.CUSTOM, "", False, *fields)[0] == message
+    assert tab.build(None, tab.CUSTOM, "", False, False, *fields)[0] == message
     assert webui.EXT.jobs.jobs() == []
 
 
@@ -122,7 +122,7 @@ class RecordingQueue:
 def click_build(webui, blocks: gr.Blocks, tab, queue: RecordingQueue, preset: str) -> list:
     """Press the build button as Gradio's queue does: ``Blocks.process_api`` with an event id."""
     blocks._queue = queue
-    result = asyncio.run(blocks.process_api(fn_index(blocks, tab.build), [preset, "", False, *FIELDS], state={},
+    result = asyncio.run(blocks.process_api(fn_index(blocks, tab.build), [preset, "", False, False, *FIELDS], state={},
                                             event_id="press"))
     return result["data"]
 
