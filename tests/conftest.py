@@ -6,7 +6,8 @@ Both return shared objects: do not modify a cached UNet or ONNX file in a test (
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import resource
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,27 @@ from trt_lib.tiny_unets import WebuiUnet, make_unet
 
 # The test models are tiny: extra intra-op threads only spin and wait (2-5x slower on a busy 2-core machine).
 torch.set_num_threads(1)
+
+MEMORY_LIMIT_GB = 4.0
+"""The peak RAM the test process may reach, so that the suite runs on a small CI runner (README says so)."""
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Fail the test that takes the process's peak memory over :data:`MEMORY_LIMIT_GB`."""
+    before = peak_rss_gb()
+    result = yield
+    after = peak_rss_gb()
+    if after > MEMORY_LIMIT_GB >= before:
+        pytest.fail(f"{item.nodeid} took the test process's peak memory to {after:.1f} GB, over the "
+                    f"{MEMORY_LIMIT_GB:.0f} GB the suite must fit in (tests/conftest.py): make its model or shapes "
+                    "smaller")
+    return result
 
 
 @pytest.fixture(scope="session")

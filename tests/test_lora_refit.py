@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from lora_files import kohya_key, layer_names, make_lora, merged_by_hand
+from onnx import load as load_model
+from onnx import numpy_helper
 
 from trt_lib.export import load_weight_map
 from trt_lib.families import get_family
@@ -100,22 +103,33 @@ def test_switching_a_to_b_to_none_returns_exactly_to_base(tiny_unet, exported_on
     refitter.want(a, [eng])
     assert refitter.sync(eng, run).weights == 3  # to_q has no bias
     assert refitter.sync(eng, run) is None, "one refit per change of LoRA set"
-    error_a = rel(run(feeds), torch_out(merged_by_hand(base, [(files["a"], 0.7)]), feeds))
+    after_a = run(feeds)
+    error_a = rel(after_a, torch_out(merged_by_hand(base, [(files["a"], 0.7)]), feeds))
     refitter.want(b, [eng])
     assert refitter.sync(eng, run).weights == 5  # a's layers back to base, b's merged: the union
-    error_b = rel(run(feeds), torch_out(merged_by_hand(base, [(files["b"], 1.0)]), feeds))
+    after_b = run(feeds)
+    error_b = rel(after_b, torch_out(merged_by_hand(base, [(files["b"], 1.0)]), feeds))
     print(f"A: relative error {error_a:.2e}; B (no trace of A): {error_b:.2e}")
     assert error_a <= 1e-4 and error_b <= 1e-4
     refitter.want((), [eng])
     assert refitter.sync(eng, run).weights == 4  # only b's weights
-    # ONNX Runtime computes a little differently once weights are overridden (no graph optimisations), so the
-    # exact comparison is with a runner given the exported base values of the same weights.
-    reference = runner("sd1", onnx)
+    # Exact where it is exact: every weight the runner holds is the exported initializer, bit for bit.
+    exported = {i.name: numpy_helper.to_array(i) for i in load_model(str(onnx)).graph.initializer}
+    weight_map = load_weight_map(onnx)
     touched = parameter_keys(base, [base.get_submodule(n) for n in names])
-    reference.refit(refit_arrays({k: base.state_dict()[k] for k in touched}, load_weight_map(onnx)))
+    assert {weight_map[n].key for n in run.refitted} == touched  # a's and b's layers, all refitted back
+    for name, value in run.refitted.items():
+        assert value.dtype == exported[name].dtype and np.array_equal(value, exported[name]), name
+    # The same weights give the same computation: bit for bit equal to a runner given the exported values.
+    reference = runner("sd1", onnx)
+    reference.refit(refit_arrays({k: base.state_dict()[k] for k in touched}, weight_map))
     out = run(feeds)
     assert torch.equal(out, reference(feeds)), "back to the exported weights bit for bit"
-    assert rel(out, base_out) < 1e-6
+    # Against the output before any LoRA only up to float rounding: overridden weights turn ONNX Runtime's
+    # graph optimisations off, so the same fp32 sums run in another order (measured ~1e-6, CPU-dependent).
+    # 1e-4 is the bound this file puts on ONNX Runtime vs PyTorch; a LoRA left in moves the output far more
+    # (checked), so the bound still tells "back to base" from "a trace of A or B".
+    assert rel(out, base_out) <= 1e-4 < rel(after_a, base_out) and rel(after_b, base_out) > 1e-4
     assert [c[0] for c in calls] == [a, b, ()]
 
 

@@ -13,15 +13,22 @@ from trt_lib.errors import BuildCancelled, BuildError, EngineRunError, ExportErr
 from trt_lib.families import get_family, load_families
 from trt_lib.onnx_runtime import reference_runner
 from trt_lib.pipeline import BuildRequest, build_engine, export_stage
-from trt_lib.profiles import UnetCall
+from trt_lib.profiles import Profile, UnetCall, context_len
 from trt_lib.store import EngineStore
 
 pytest.importorskip("tensorrt_rtx")
 
 
-def request_for(family_name: str, **kwargs) -> BuildRequest:
+SMALL = Profile.from_dict({"batch": [1, 1, 2], "height": [64, 64, 128], "width": [64, 64, 128],
+                           "tokens": [75, 75, 150]})
+"""A profile the tiny UNets run in well under a second. At the presets' sizes (512-1024 px) their attention
+over every latent pixel needs GBs (sd2-v's batch 4 at 768 px: 20 GB), whatever the channels."""
+
+
+def request_for(family_name: str, profiles: list[Profile] | None = None, **kwargs) -> BuildRequest:
+    """A build request for ``family_name`` (its default preset unless ``profiles``), for TensorRT for RTX."""
     family = get_family(family_name)
-    return BuildRequest(f"ckpt-{family_name}", "abc123", family, [family.default_preset.profile],
+    return BuildRequest(f"ckpt-{family_name}", "abc123", family, profiles or [family.default_preset.profile],
                         backend="tensorrt_rtx", compute_capability="8.9", dtype=torch.float32, **kwargs)
 
 
@@ -30,29 +37,43 @@ def manifest_bytes(store: EngineStore) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
+def corner_calls(profile: Profile) -> list[UnetCall]:
+    """The calls at a profile's corners: most rows (cond and uncond apart, longest prompt) at the smallest
+    size, and one row at the largest, non-square size with the shortest prompt."""
+    lo, hi = profile.height.min // 8, profile.height.max // 8
+    return [UnetCall(2 * profile.batch.max, lo, lo, context_len(profile.tokens.max)),
+            UnetCall(profile.batch.min, hi, lo, context_len(profile.tokens.min))]
+
+
 @pytest.mark.parametrize("family_name", sorted(load_families()))
 def test_each_family_exports_builds_records_and_runs(family_name, tiny_unet, tmp_path):
+    """The family's default preset and a small profile in one engine: the preset is what the tab builds; the
+    engine runs (on the stand-in) at the small profile's corners, and the preset's corners select its profile."""
     unet, family = tiny_unet(family_name), get_family(family_name)
+    preset = family.default_preset.profile
     store = EngineStore(tmp_path / "engines")
     stages: list[float] = []
-    entry = build_engine(unet, request_for(family_name), store, progress=lambda stage, f: stages.append(f))
+    entry = build_engine(unet, request_for(family_name, [preset, SMALL]), store,
+                         progress=lambda stage, f: stages.append(f))
 
     assert stages == sorted(stages) and stages[-1] == 1.0
     again = EngineStore(tmp_path / "engines").get(entry.id)  # manifest round trip, from a fresh reader
     assert again == entry and again.backend == "tensorrt_rtx" and again.compute_capabilities == ["8.9"]
+    assert again.parsed_profiles == [preset, SMALL]
     assert store.engine_path(again).stat().st_size == again.engine_bytes > 0
     assert store.usable() == [again]
 
     runner = reference_runner(store, again)
-    preset = family.default_preset.profile
-    lo, hi = preset.height.min // 8, preset.height.max // 8
-    for call in (UnetCall(2 * preset.batch.max, lo, lo, 154), UnetCall(preset.batch.min, hi, lo, 77)):
-        feeds = family.example_inputs(call.batch, call.height, call.width, call.context_len, seed=3)
-        with torch.no_grad():
-            ref = unet(feeds["sample"], feeds["timesteps"], feeds["encoder_hidden_states"], y=feeds.get("y"))
-        out = runner(feeds)
-        assert out.shape == ref.shape and torch.isfinite(out).all()
-        assert float((out - ref).norm() / ref.norm()) <= 1e-4, call
+    for index, profile in enumerate((preset, SMALL)):
+        for call in corner_calls(profile):
+            feeds = family.example_inputs(call.batch, call.height, call.width, call.context_len, seed=3)
+            assert runner.select_profile(feeds) == index, call
+            if profile is SMALL:
+                with torch.no_grad():
+                    ref = unet(feeds["sample"], feeds["timesteps"], feeds["encoder_hidden_states"], y=feeds.get("y"))
+                out = runner(feeds)
+                assert out.shape == ref.shape and torch.isfinite(out).all()
+                assert float((out - ref).norm() / ref.norm()) <= 1e-4, call
 
 
 @pytest.mark.catalogue("interruptions")

@@ -1,20 +1,21 @@
 """``python -m trt_lib demo``: the whole path on a built-in tiny UNet, on a machine without a GPU.
 
 Makes a tiny real-architecture UNet of a family, exports it to ONNX, builds a TensorRT-for-RTX engine for a
-named compute capability, records it in an engine store, runs it through the ONNX Runtime reference runtime at
-several shapes of its profile and prints a table (shapes, error against PyTorch, times, sizes).
+compute capability, records it in an engine store (kept, ``--out``), checks the engine's own ONNX on the
+ONNX Runtime reference runtime against PyTorch at several shapes of its profile and prints a table that says what
+built, what ran and why.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from .backends import get_backend
+from .backends.trt10 import gpu_capability
 from .families import get_family
 from .onnx_runtime import reference_runner
 from .pipeline import BuildRequest, build_engine
@@ -24,27 +25,47 @@ from .table import print_table
 from .tiny_unets import make_unet
 
 DEMO_PROFILE = {"batch": [1, 1, 2], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 150]}
+DEMO_CALLS = ((1, 64, 64, 75), (1, 128, 64, 150), (2, 128, 128, 75))
+"""(batch size in images, height px, width px, prompt tokens): the profile's corners and a middle."""
+DEFAULT_OUT = Path("out/demo")
+DEFAULT_CAPABILITY = "8.9"
 
 
-def demo(family_name: str, folder: Path, compute_capability: str, dtype: torch.dtype) -> list[list[str]]:
+def build_target(requested: str | None) -> tuple[str, str]:
+    """The compute capability to build for, and why that one."""
+    if requested:
+        return requested, "chosen with --compute-capability"
+    gpu = gpu_capability()
+    if gpu:
+        return gpu, "this machine's GPU"
+    return DEFAULT_CAPABILITY, "no GPU here: the demo's default (RTX 40xx); --compute-capability picks another"
+
+
+def describe(profile: Profile) -> str:
+    """A profile in the tab's words: sizes in px, batch size in images, prompt tokens."""
+    return (f"{profile.width}x{profile.height} px, batch size {profile.batch} images, "
+            f"{profile.tokens} prompt tokens")
+
+
+def demo(family_name: str, folder: Path, compute_capability: str | None,
+         dtype: torch.dtype) -> tuple[list[list[str]], list[list[str]]]:
+    """Build and check the demo engine: the table of calls, and the table of what built, what ran and why."""
     family = get_family(family_name)
     unet = make_unet(family, tiny=True, seed=0).eval()
     profile = Profile.from_dict(DEMO_PROFILE)
+    target, why_target = build_target(compute_capability)
     store = EngineStore(folder)
     request = BuildRequest(f"demo-{family.name}", "0" * 10, family, [profile], backend="tensorrt_rtx",
-                           compute_capability=compute_capability, dtype=dtype)
-    stages: dict[str, float] = {}
+                           compute_capability=target, dtype=dtype)
     t0 = time.perf_counter()
-
-    def progress(stage: str, fraction: float) -> None:
-        stages.setdefault("export done" if fraction >= 0.3 and "export done" not in stages else stage,
-                          time.perf_counter() - t0)
-
-    entry = build_engine(unet, request, store, progress=progress)
+    entry = build_engine(unet, request, store)
     total = time.perf_counter() - t0
     runner = reference_runner(store, entry)
-    rows = [["call (rows, px, tokens)", "rel. error vs PyTorch", "ONNX Runtime ms"]]
-    for call in (UnetCall(1, 8, 8, 77), UnetCall(2, 16, 8, 154), UnetCall(4, 16, 16, 77)):
+    name = runner.runtime_name
+    calls = [["batch size", "size", "prompt tokens", "rel. error vs PyTorch", f"{name}, ms"]]
+    for images, height, width, tokens in DEMO_CALLS:
+        # the WebUI sends cond and uncond together: two UNet rows per image
+        call = UnetCall(2 * images, height // 8, width // 8, context_len(tokens))
         feeds = family.example_inputs(call.batch, call.height, call.width, call.context_len, seed=1)
         with torch.no_grad():
             ref = unet(*[feeds[n] for n in family.input_names[:3]], **({"y": feeds["y"]} if "y" in feeds else {}))
@@ -52,34 +73,40 @@ def demo(family_name: str, folder: Path, compute_capability: str, dtype: torch.d
         out = runner({k: v.to(dtype) for k, v in feeds.items()}).float()
         ms = (time.perf_counter() - t) * 1000
         err = float((out - ref).norm() / ref.norm())
-        rows.append([f"{call.batch}, {call.width}x{call.height}, {call.tokens}", f"{err:.2e}", f"{ms:.1f}"])
+        calls.append([f"{images} image{'s' * (images > 1)}", f"{width}x{height} px", str(tokens), f"{err:.2e}",
+                      f"{ms:.1f}"])
     onnx = store.onnx_path(entry)
     onnx_bytes = sum(f.stat().st_size for f in onnx.parent.iterdir()) if onnx else 0
-    rows += [["", "", ""],
-             ["family / dtype", f"{family.label} / {entry.dtype}", ""],
-             ["profile", profile.label(), f"{context_len(profile.tokens.max)} ctx rows max"],
-             ["export + build (s)", f"{total - entry.build_seconds:.1f} + {entry.build_seconds:.1f}", ""],
-             ["engine", f"{entry.backend} {entry.backend_version} sm {', '.join(entry.compute_capabilities)}",
-              f"{entry.engine_bytes / 2**20:.2f} MB"],
-             ["ONNX", onnx.name if onnx else "-", f"{onnx_bytes / 2**20:.2f} MB"],
-             ["store", str(store.folder), f"{len(store.entries())} engine(s)"]]
-    return rows
+    why_reference = ("no CUDA GPU here: no TensorRT runtime can run the engine" if gpu_capability() is None
+                    else "the demo checks on the CPU; the WebUI runs the engine itself on the GPU")
+    facts = [["what", "", "size"],
+             ["model", f"tiny {family.label} UNet (random weights), {entry.dtype}", ""],
+             ["profile", describe(profile), ""],
+             ["built", f"{get_backend(entry.backend).label} {entry.backend_version} engine, compute capability "
+                       f"{', '.join(entry.compute_capabilities)}", f"{entry.engine_bytes / 2**20:.2f} MB"],
+             ["  why that one", why_target, ""],
+             ["ran", f"{name} on the engine's own ONNX, within its profile", f"{onnx_bytes / 2**20:.2f} MB"],
+             ["  why", why_reference, ""],
+             ["export + build", f"{total - entry.build_seconds:.1f} s + {entry.build_seconds:.1f} s", ""],
+             ["engine folder (kept)", str(store.folder.resolve()), f"{len(store.entries())} engine(s)"]]
+    return calls, facts
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m trt_lib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="export, build and run a tiny UNet (no GPU needed)")
+    d = sub.add_parser("demo", help="export, build and check a tiny UNet (no GPU needed)")
     d.add_argument("--family", default="sd1", help="model family (models/families/*.json)")
-    d.add_argument("--out", type=Path, default=None, help="engine folder (default: a temporary one)")
-    d.add_argument("--compute-capability", default="8.9", help="target GPU for TensorRT for RTX")
+    d.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"engine folder, kept (default: {DEFAULT_OUT})")
+    d.add_argument("--compute-capability", default=None,
+                   help=f"target GPU for TensorRT for RTX (default: this GPU's, else {DEFAULT_CAPABILITY})")
     d.add_argument("--fp32", action="store_true", help="export in fp32 instead of fp16")
-    args = parser.parse_args()
-    os.environ.setdefault("POLYGRAPHY_USE_TENSORRT_RTX", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = demo(args.family, args.out or Path(tmp) / "engines", args.compute_capability,
-                    torch.float32 if args.fp32 else torch.float16)
-        print_table(rows)
+    args = parser.parse_args(argv)
+    calls, facts = demo(args.family, args.out, args.compute_capability,
+                        torch.float32 if args.fp32 else torch.float16)
+    print_table(calls)
+    print()
+    print_table(facts)
 
 
 if __name__ == "__main__":

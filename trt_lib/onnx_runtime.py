@@ -100,6 +100,12 @@ class OnnxRuntimeRunner(EngineRunner):
             raise EngineRunError(f"{self.path.name} has no weight {', '.join(unknown[:3])}")
         self._session = self._open(weights)
 
+    @property
+    def refitted(self) -> Mapping[str, np.ndarray]:
+        """The initializer values refits have set (name -> array), the weights this runner holds in place of
+        the file's: what a check that a switch restored the exported weights compares bit for bit."""
+        return dict(self._values)
+
     def _initializer_names(self) -> set[str]:
         import onnx
 
