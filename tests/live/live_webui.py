@@ -77,26 +77,33 @@ class Webui:
         return self.get("/sdapi/v1/sd-models")
 
     def loaded_checkpoint(self) -> dict[str, Any]:
-        """The ``sd-models`` entry of the loaded checkpoint (its ``filename`` is a path on this machine)."""
-        title = self.options()["sd_model_checkpoint"]
-        models = self.checkpoints()
-        found = [m for m in models if m["title"] == title] or [m for m in models if m["model_name"] in title]
-        assert found, f"the loaded checkpoint {title!r} is not among {[m['title'] for m in models]}"
+        """The ``sd-models`` entry of the loaded checkpoint (its ``filename`` is a path on this machine).
+
+        Read from the extension (the loaded model itself), not from the ``sd_model_checkpoint`` option: with
+        ``--ckpt``, every checkpoint refresh sets that option to the ``--ckpt`` title without loading it
+        (modules/sd_models.py ``list_models``)."""
+        name = self.get(f"{TRT}/presets")["checkpoint"]
+        found = [m for m in self.checkpoints() if m["model_name"] == name]
+        assert found, f"the loaded checkpoint {name!r} is not among {[m['title'] for m in self.checkpoints()]}"
         return found[0]
 
     def load_checkpoint(self, model_name: str) -> None:
-        """Load a checkpoint by name (the WebUI loads it while answering the options call)."""
+        """Load a checkpoint by name, through a one-step job that overrides ``sd_model_checkpoint``: unlike the
+        options route, that compares with the model actually loaded (``reload_model_weights``)."""
         self.post("/sdapi/v1/refresh-checkpoints")
         titles = [m["title"] for m in self.checkpoints() if m["model_name"] == model_name]
         assert titles, f"no checkpoint {model_name!r} after refreshing the list"
-        self.set_options({"sd_model_checkpoint": titles[0]})
-        loaded = self.options()["sd_model_checkpoint"]
-        assert loaded.split(" [")[0].rsplit(".", 1)[0] == model_name, f"loaded {loaded!r}, not {model_name!r}"
+        r = self.txt2img("load", sd_unet="None", steps=1, override_settings_restore_afterwards=False,
+                         override_settings={"sd_model_checkpoint": titles[0], "sd_unet": "None"})
+        assert r.status_code == 200, f"loading {model_name}: HTTP {r.status_code}: {message(r)}"
+        loaded = self.loaded_checkpoint()["model_name"]
+        assert loaded == model_name, f"loaded {loaded!r}, not {model_name!r}"
 
     def txt2img(self, prompt: str, *, sd_unet: str, **fields: Any) -> httpx.Response:
         """A small job (64 px, 2 steps, fixed seed) on the UNet ``sd_unet`` ("None" = PyTorch)."""
         body = {"prompt": prompt, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 1,
-                "cfg_scale": 7.0, "override_settings": {"sd_unet": sd_unet}, **fields}
+                "cfg_scale": 7.0, "override_settings": {"sd_unet": sd_unet}}
+        body.update(fields)
         return self.http.post("/sdapi/v1/txt2img", json=body)
 
     def txt2img_pixels(self, prompt: str, *, sd_unet: str = "None", **fields: Any) -> bytes:

@@ -67,7 +67,7 @@ def test_an_engine_of_a_replaced_checkpoint_is_never_used(webui: Webui, checkpoi
         assert entry["checkpoint"] == name and label in webui.unet_choices()
         _replace_weights(path)
         others = [m["model_name"] for m in webui.checkpoints() if m["model_name"] != name]
-        webui.load_checkpoint(others[0])  # load the new weights: the WebUI skips a reload of the loaded file
+        webui.load_checkpoint(others[0])  # the WebUI does not reload the file it has loaded: load another first
         webui.load_checkpoint(name)
         new_hash = webui.loaded_checkpoint().get("sha256")
         assert new_hash and new_hash != entry["checkpoint_hash"], "precondition: the WebUI hashed the new weights"
