@@ -401,7 +401,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
         queued = not shared.cmd_opts.no_gradio_queue
         handler, checker = (build, check_engine) if queued else (build_without_progress, check_engine_without_progress)
         build_button.click(handler, [preset, loras, refit, controlnet, *fields], [result, job_id, engines]).then(
-            None, _js="trtRefreshUnetList")
+            engine_picker, picked, picked).then(None, _js="trtRefreshUnetList")
         cancel_button.click(cancel, job_id, result)
         engines.select(pick_row, engines, picked)
         check_button.click(checker, picked, [deleted, engines])

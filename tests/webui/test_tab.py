@@ -159,3 +159,15 @@ def test_cancel_from_the_tab_says_cancelling_then_cancelled(tab, webui):
     assert webui.EXT.store.entries() == []
     folder = webui.EXT.store.folder
     assert not [p for p in folder.rglob("*") if p.suffix == ".engine" or ".partial" in p.name]
+
+
+def test_a_finished_build_refreshes_the_engine_picker(tab, webui):
+    """Seen in the real WebUI: after a build the table showed the new engine but the picker under it did not
+    offer it until Refresh. The build's event chain updates the picker from the new engine list."""
+    blocks = tab_blocks(webui)
+    build = blocks.dependencies[fn_index(blocks, tab.build)]
+    picker = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "trt_engine_pick")
+    then = [d for d in blocks.dependencies if d.get("trigger_after") == fn_index(blocks, tab.build)]
+    assert build["trigger"] == "click" and len(then) == 1
+    assert blocks.fns[blocks.dependencies.index(then[0])].fn is tab.engine_picker
+    assert then[0]["inputs"] == then[0]["outputs"] == [picker._id]
