@@ -333,8 +333,9 @@ def initializer_values(unet_or_state_dict: torch.nn.Module | Mapping[str, torch.
                        names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Arrays exactly as the ONNX initializers would hold them for these weights (all, or only ``names``).
 
-    To run the ONNX with them on ONNX Runtime (a refit stand-in), turn its graph optimizations off: it folds
-    the weight Transposes with the file's own values before session initializer overrides apply.
+    To run the ONNX with them on ONNX Runtime (a refit stand-in), turn its constant folding off: it folds the
+    weight Transposes with the file's own values before session initializer overrides apply
+    (:class:`trt_lib.onnx_runtime.OnnxRuntimeRunner` does).
     """
     state = (unet_or_state_dict.state_dict() if isinstance(unet_or_state_dict, torch.nn.Module)
              else unet_or_state_dict)

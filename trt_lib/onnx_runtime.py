@@ -82,11 +82,15 @@ class OnnxRuntimeRunner(EngineRunner):
         for name, value in zip(values, self._ort_values):
             options.add_initializer(name, value)
         if values:
-            # ORT folds weight transposes at load from the file's values, ignoring overrides (measured):
-            # without graph optimisations every override reaches the computation, as a TensorRT refit does.
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            # ORT applies overrides after optimising the graph, so its constant folding bakes the file's weights
+            # into the Transposes that feed MatMuls (measured); without it every override reaches the
+            # computation, as a TensorRT refit does. The other basic optimisations stay on: ORT up to 1.30 cannot
+            # load an fp16 export on the CPU without their Cast elimination (its fp16-to-fp32 cast insertion
+            # types a no-op fp16 Cast float). The extended ones stay off: they too bake file weights (measured).
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
-            session = ort.InferenceSession(str(self.path), options, providers=providers())
+            session = ort.InferenceSession(str(self.path), options, providers=providers(),
+                                           disabled_optimizers=["ConstantFolding"] if values else [])
         except Exception as e:  # ORT raises its own untyped errors for unreadable files and unknown names
             raise EngineRunError(f"ONNX Runtime cannot load {self.path.name}: {e}") from e
         self._values = values
