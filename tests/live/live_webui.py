@@ -128,6 +128,13 @@ class Webui:
     def unet_choices(self) -> list[str]:
         return self.get(f"{TRT}/unets")["sd_unet"]
 
+    def engine_label(self, checkpoint: str) -> str:
+        """The ``sd_unet`` entry of a checkpoint's engines: ``[TRT] name``, or ``[ORT] name`` when the
+        extension runs engines on the ONNX Runtime reference runtime (Settings → TensorRT)."""
+        found = [c for c in self.unet_choices() if c in (f"[TRT] {checkpoint}", f"[ORT] {checkpoint}")]
+        assert found, f"no engine entry of {checkpoint} in {self.unet_choices()}"
+        return found[0]
+
     def build(self, profile: dict[str, Any], loras: list[dict[str, Any]] | None = None,
               controlnet: bool = False) -> dict[str, Any]:
         """Build an engine for the loaded checkpoint (ControlNet-ready when asked) and wait for it; its

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -67,14 +68,18 @@ def _job(webui: Webui, sd_unet: str, *units: dict[str, Any], prompt: str = PROMP
                          alwayson_scripts={"controlnet": {"args": list(units)}} if units else {})
 
 
-def _pixels(webui: Webui, sd_unet: str, *units: dict[str, Any], prompt: str = PROMPT) -> list[int]:
-    """The generated image's RGB values (ControlNet appends its hint image after it: left out)."""
+def _run(webui: Webui, sd_unet: str, *units: dict[str, Any], prompt: str = PROMPT) -> tuple[list[int], str]:
+    """The generated image's RGB values (ControlNet appends its hint image after it: left out) and infotext."""
     from PIL import Image
 
     r = _job(webui, sd_unet, *units, prompt=prompt)
     assert r.status_code == 200, f"txt2img on {sd_unet}: HTTP {r.status_code}: {message(r)}"
     image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0].split(",", 1)[-1])))
-    return list(image.convert("RGB").tobytes())
+    return list(image.convert("RGB").tobytes()), json.loads(r.json()["info"])["infotexts"][0]
+
+
+def _pixels(webui: Webui, sd_unet: str, *units: dict[str, Any], prompt: str = PROMPT) -> list[int]:
+    return _run(webui, sd_unet, *units, prompt=prompt)[0]
 
 
 def _max_diff(a: list[int], b: list[int]) -> int:
@@ -82,12 +87,7 @@ def _max_diff(a: list[int], b: list[int]) -> int:
 
 
 def _label(webui: Webui) -> str:
-    """The loaded checkpoint's engine entry in ``sd_unet`` (``[TRT] name``, ``[ORT] name`` on the reference
-    runtime)."""
-    name = webui.loaded_checkpoint()["model_name"]
-    found = [c for c in webui.unet_choices() if c.startswith("[") and c.endswith(f"] {name}")]
-    assert found, f"no engine entry of {name} in {webui.unet_choices()}"
-    return found[0]
+    return webui.engine_label(webui.loaded_checkpoint()["model_name"])
 
 
 def _mine(webui: Webui) -> list[dict[str, Any]]:
@@ -108,11 +108,14 @@ def test_a_controlnet_job_with_only_a_plain_engine_is_refused_and_the_next_job_i
     with built(webui, STATIC_64) as entry:
         _runs_here(entry)
         label = _label(webui)
+        before = _pixels(webui, "None")
         r = _job(webui, label, _unit(model))
         assert 400 <= r.status_code < 500 and "ControlNet-ready" in message(r), \
             f"HTTP {r.status_code}: {message(r)}"
-        # ControlNet marked the WebUI's cached prompt conditioning for that job; the same prompt without
-        # ControlNet must run on the engine (ControlNet clears that cache in its forward, which never ran)
+        # ControlNet marked the WebUI's cached prompt conds for that job (an extra first row) and clears that
+        # cache in its UNet forward, which never ran: the same prompt without ControlNet must be as before,
+        # on PyTorch (not attending to the mark) and on the engine (not refusing a context of 78 rows)
+        assert _pixels(webui, "None") == before, "PyTorch's image changed after the refused ControlNet job"
         after = _job(webui, label)
         assert after.status_code == 200, f"the same prompt without ControlNet: HTTP {after.status_code}: " \
                                          f"{message(after)}"
@@ -139,6 +142,13 @@ def test_a_controlnet_job_on_the_engine_gives_pytorchs_image(
         f"engine vs PyTorch with ControlNet {fields}: max pixel difference {_max_diff(engine, pytorch)}"
 
 
+def test_automatic_runs_a_controlnet_job_on_the_ready_engine(webui: Webui, model: str, ready: str) -> None:
+    pytorch = _pixels(webui, "None", _unit(model))
+    engine, info = _run(webui, "Automatic", _unit(model))
+    assert "PyTorch UNet used" not in info, info
+    assert _max_diff(engine, pytorch) <= TOLERANCE
+
+
 def test_the_units_weight_reaches_the_engine(webui: Webui, model: str, ready: str) -> None:
     full, half = (_pixels(webui, ready, _unit(model, weight=w)) for w in (1.0, 0.5))
     assert _max_diff(full, half) > TOLERANCE, "weight 0.5 gives the engine the same image as weight 1"
@@ -156,7 +166,8 @@ def test_reference_only_is_refused_or_falls_back_as_the_setting_says(webui: Webu
         in message(r), f"HTTP {r.status_code}: {message(r)}"
     webui.set_options({"trt_on_uncovered": "fallback"})
     try:
-        fallback = _pixels(webui, ready, unit)
+        fallback, info = _run(webui, ready, unit)
     finally:
         webui.set_options({"trt_on_uncovered": "raise"})
+    assert "PyTorch UNet used" in info and "reference_only" in info, info
     assert fallback == _pixels(webui, "None", unit), "the fallback did not run the job as PyTorch does"
