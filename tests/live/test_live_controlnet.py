@@ -62,24 +62,25 @@ def _unit(model: str, **fields: Any) -> dict[str, Any]:
     return unit
 
 
-def _job(webui: Webui, sd_unet: str, *units: dict[str, Any], prompt: str = PROMPT) -> Any:
+def _job(webui: Webui, sd_unet: str, *units: dict[str, Any], prompt: str = PROMPT, **fields: Any) -> Any:
     """``txt2img`` with these ControlNet units (none: ControlNet off)."""
-    return webui.txt2img(prompt, sd_unet=sd_unet, steps=STEPS,
+    return webui.txt2img(prompt, sd_unet=sd_unet, **{"steps": STEPS, **fields},
                          alwayson_scripts={"controlnet": {"args": list(units)}} if units else {})
 
 
-def _run(webui: Webui, sd_unet: str, *units: dict[str, Any], prompt: str = PROMPT) -> tuple[list[int], str]:
-    """The generated image's RGB values (ControlNet appends its hint image after it: left out) and infotext."""
+def _run(webui: Webui, sd_unet: str, *units: dict[str, Any], prompt: str = PROMPT, **fields: Any
+         ) -> tuple[list[int], str]:
+    """The first image's RGB values (ControlNet appends its hint image after the images) and infotext."""
     from PIL import Image
 
-    r = _job(webui, sd_unet, *units, prompt=prompt)
+    r = _job(webui, sd_unet, *units, prompt=prompt, **fields)
     assert r.status_code == 200, f"txt2img on {sd_unet}: HTTP {r.status_code}: {message(r)}"
     image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0].split(",", 1)[-1])))
     return list(image.convert("RGB").tobytes()), json.loads(r.json()["info"])["infotexts"][0]
 
 
-def _pixels(webui: Webui, sd_unet: str, *units: dict[str, Any], prompt: str = PROMPT) -> list[int]:
-    return _run(webui, sd_unet, *units, prompt=prompt)[0]
+def _pixels(webui: Webui, sd_unet: str, *units: dict[str, Any], prompt: str = PROMPT, **fields: Any) -> list[int]:
+    return _run(webui, sd_unet, *units, prompt=prompt, **fields)[0]
 
 
 def _max_diff(a: list[int], b: list[int]) -> int:
@@ -140,6 +141,35 @@ def test_a_controlnet_job_on_the_engine_gives_pytorchs_image(
     engine = _pixels(webui, ready, _unit(model, **fields))
     assert _max_diff(engine, pytorch) <= TOLERANCE, \
         f"engine vs PyTorch with ControlNet {fields}: max pixel difference {_max_diff(engine, pytorch)}"
+
+
+DYNAMIC = {"batch": [1, 1, 2], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 75]}
+JOBS = {
+    "batch 2": ({"batch_size": 2}, [{}]),
+    "hires fix 2x": ({"enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent", "denoising_strength": 0.6,
+                      "hr_second_pass_steps": 2}, [{}]),
+    "128x64": ({"width": 128, "height": 64}, [{}]),
+    "ControlNet is more important": ({}, [{"control_mode": "ControlNet is more important"}]),
+    "two units": ({}, [{"weight": 0.5}, {"weight": 0.7, "guidance_end": 0.5}]),
+}
+
+
+@pytest.fixture(scope="module")
+def ready_dynamic(webui: Webui, model: str) -> Iterator[str]:
+    """A ControlNet-ready engine of 64-128 px, batch 1-2, built for these tests and deleted after them."""
+    with built(webui, DYNAMIC, controlnet=True) as entry:
+        _runs_here(entry)
+        yield _label(webui)
+
+
+@pytest.mark.parametrize("case", list(JOBS))
+def test_a_dynamic_ready_engine_gives_pytorchs_image(webui: Webui, model: str, ready_dynamic: str, case: str) -> None:
+    fields, specs = JOBS[case]
+    units = [_unit(model, **spec) for spec in specs]
+    pytorch = _pixels(webui, "None", *units, **fields)
+    assert pytorch != _pixels(webui, "None", **fields), f"{case}: ControlNet did not change PyTorch's image"
+    engine = _pixels(webui, ready_dynamic, *units, **fields)
+    assert _max_diff(engine, pytorch) <= TOLERANCE, f"{case}: max pixel difference {_max_diff(engine, pytorch)}"
 
 
 def test_automatic_runs_a_controlnet_job_on_the_ready_engine(webui: Webui, model: str, ready: str) -> None:
