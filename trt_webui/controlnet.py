@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from modules import extensions, script_loading, sd_unet
+from modules import extensions, processing, script_loading, sd_unet
 
 from trt_lib.errors import NoProfileError, TrtError
 from trt_lib.families import ResidualPoint
@@ -135,13 +135,13 @@ class EngineForward:
                  y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         if self.pending is not None:
             error, self.pending = self.pending, None
-            raise for_api(error) if isinstance(error, TrtError) else error
+            _refuse(error)
         unet = sd_unet.current_unet
         if not isinstance(unet, TrtUnet) or unet.session is None:
             return self.controlnet_forward(x, timesteps, context, y, **kwargs)
         points = next((e.residual_points for e in unet.session.entries if e.controlnet), ())
         if not points:
-            raise for_api(NoProfileError(no_controlnet_engine(unet.option.checkpoint)))
+            _refuse(NoProfileError(no_controlnet_engine(unet.option.checkpoint)))
         facade = _EngineFacade(self.model, points, self._zero,
                                lambda xx, ctx, yy, res: unet.forward(xx, timesteps, ctx, y=yy, control=res))
         return self.controlnet_forward.__func__(facade, x, timesteps, context, y, **kwargs)
@@ -153,6 +153,16 @@ class EngineForward:
         if zero is None:
             zero = self._zeros[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
         return zero
+
+
+def _refuse(error: Exception) -> None:
+    """Stop the job before ControlNet's forward runs, clearing the WebUI's prompt-conditioning caches as that
+    forward would have (hook.py ``unmark_prompt_context``, 109-110): ControlNet marks the cached conds of its
+    jobs with an extra first row (``process_sample``, 466-469), and left marked, the next job with the same
+    prompt would get a context of 77k + 1 rows (no engine takes it; PyTorch would attend to the mark)."""
+    processing.StableDiffusionProcessing.cached_c = [None, None]
+    processing.StableDiffusionProcessing.cached_uc = [None, None]
+    raise for_api(error) if isinstance(error, TrtError) else error
 
 
 class _EngineFacade:

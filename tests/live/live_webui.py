@@ -128,9 +128,19 @@ class Webui:
     def unet_choices(self) -> list[str]:
         return self.get(f"{TRT}/unets")["sd_unet"]
 
-    def build(self, profile: dict[str, Any], loras: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Build an engine for the loaded checkpoint and wait for it; its ``GET /engines`` entry."""
-        job = self.post(f"{TRT}/builds", {"profiles": [profile], "loras": loras or []})["job_id"]
+    def engine_label(self, checkpoint: str) -> str:
+        """The ``sd_unet`` entry of a checkpoint's engines: ``[TRT] name``, or ``[ORT] name`` when the
+        extension runs engines on the ONNX Runtime reference runtime (Settings → TensorRT)."""
+        found = [c for c in self.unet_choices() if c in (f"[TRT] {checkpoint}", f"[ORT] {checkpoint}")]
+        assert found, f"no engine entry of {checkpoint} in {self.unet_choices()}"
+        return found[0]
+
+    def build(self, profile: dict[str, Any], loras: list[dict[str, Any]] | None = None,
+              controlnet: bool = False) -> dict[str, Any]:
+        """Build an engine for the loaded checkpoint (ControlNet-ready when asked) and wait for it; its
+        ``GET /engines`` entry."""
+        job = self.post(f"{TRT}/builds", {"profiles": [profile], "loras": loras or [],
+                                          "controlnet": controlnet})["job_id"]
         deadline = time.monotonic() + BUILD_TIMEOUT_S
         while True:
             state = self.get(f"{TRT}/builds/{job}")
@@ -154,10 +164,10 @@ def engine_dir(webui: Webui) -> Path:
 
 
 @contextmanager
-def built(webui: Webui, profile: dict[str, Any], loras: list[dict[str, Any]] | None = None
-          ) -> Iterator[dict[str, Any]]:
+def built(webui: Webui, profile: dict[str, Any], loras: list[dict[str, Any]] | None = None,
+          controlnet: bool = False) -> Iterator[dict[str, Any]]:
     """An engine built for the test and deleted after it, whatever the test did."""
-    entry = webui.build(profile, loras)
+    entry = webui.build(profile, loras, controlnet)
     try:
         yield entry
     finally:

@@ -205,9 +205,15 @@ def test_controlnet_job_with_only_a_plain_engine_names_the_build_option(cn, monk
     ran = []
     params = units("sd1", 64, 64, {})
     params[0].control_model.register_forward_hook(lambda *a: ran.append(1))
+    processing = cn.processing.StableDiffusionProcessing
+    marked = ["a cat", "conds ControlNet marked with an extra row"]
+    processing.cached_c = processing.cached_uc = marked
     with pytest.raises(NoProfileError, match='"ControlNet-ready" ticked'):
         txt2img(cn, "[TRT] model", lambda: params, **job)
     assert not calls and not ran  # stopped before the first step
+    # cleared as ControlNet's forward would have (seen in the real WebUI: else the same prompt without
+    # ControlNet met "a context of 78 rows")
+    assert processing.cached_c == processing.cached_uc == [None, None]
     # nothing of it is left for the next job (ControlNet unhooks the failed job's forward), which runs on the engine
     txt2img(cn, "[TRT] model", lambda: [], **job)
     assert calls

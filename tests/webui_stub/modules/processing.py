@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,6 +29,10 @@ opt_f = 8
 
 @dataclass(repr=False)
 class StableDiffusionProcessing:
+    cached_uc: ClassVar[list] = [None, None]
+    cached_c: ClassVar[list] = [None, None]
+    """The prompt-conditioning caches shared by all jobs (real processing.py 188-189; the stand-in computes
+    conds afresh each job and only keeps these for what ControlNet and this extension do to them)."""
     sd_model: Any = None
     prompt: str | list[str] = ""
     negative_prompt: str | list[str] = ""

@@ -14,7 +14,10 @@ Differences, each because of the stand-in WebUI or the tiny models: the residual
 UNets' count); the stub has no ``cfg_denoiser`` callback, so the guidance schedule is applied from
 ``shared.state`` at each UNet call (the values the real callback carries); cond/uncond marks (cfg injection,
 global average pooling), Revision, T2I adapters, attention/AdaIN banks and colorfix/inpaint_only
-post-processing are not reproduced (the TensorRT job check refuses those units before they would run).
+post-processing are not reproduced (the TensorRT job check refuses those units before they would run); nor
+are ``process_sample``'s marks on the conds (466-469: an extra first row of +-1024 in the cached conds) and
+``unmark_prompt_context`` (81-112), which drops that row per call and clears the WebUI's cond caches
+(``StableDiffusionProcessing.cached_c``/``cached_uc``, 109-110); the stand-in's conds are never cached.
 """
 
 import sys
