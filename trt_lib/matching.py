@@ -46,22 +46,37 @@ def plan(entries: Sequence[EngineEntry], calls: Sequence[UnetCall], family: Fami
     ``sources`` (from :func:`~trt_lib.job_shapes.call_sources`) lets the message speak of batch size and
     of the prompt or negative prompt rather than of engine rows; ``controlnet``: only ControlNet-ready
     engines can take the job."""
-    if controlnet:
-        if not any(e.controlnet for e in entries):
-            raise NoProfileError(no_controlnet_engine(checkpoint))
-        entries = [e for e in entries if e.controlnet]
+    entries = able(entries, controlnet, checkpoint)
     chosen: dict[UnetCall, Choice] = {}
-    uncovered = []
+    missing = []
     for call in calls:
         choice = choose(entries, call)
         if choice is None:
-            uncovered.append(call)
+            missing.append(call)
         else:
             chosen[call] = choice
-    if uncovered:
-        needs = [need(entries, call, (sources or {}).get(call)) for call in uncovered]
-        raise NoProfileError(explain(entries, needs, calls, family, checkpoint), needs=needs)
+    if missing:
+        raise uncovered(entries, missing, calls, family, checkpoint, sources)
     return chosen
+
+
+def able(entries: Sequence[EngineEntry], controlnet: bool, checkpoint: str) -> Sequence[EngineEntry]:
+    """The engines that can take a job's calls: all, or with ControlNet its ControlNet-ready ones
+    (:class:`NoProfileError` naming the build option when there are none)."""
+    if not controlnet:
+        return entries
+    ready = [e for e in entries if e.controlnet]
+    if not ready:
+        raise NoProfileError(no_controlnet_engine(checkpoint))
+    return ready
+
+
+def uncovered(entries: Sequence[EngineEntry], missing: Sequence[UnetCall], calls: Sequence[UnetCall],
+              family: Family, checkpoint: str,
+              sources: Mapping[UnetCall, CallSource] | None = None) -> NoProfileError:
+    """The error for ``missing`` calls of a job of ``calls`` that no engine of ``entries`` covers."""
+    needs = [need(entries, call, (sources or {}).get(call)) for call in missing]
+    return NoProfileError(explain(entries, needs, calls, family, checkpoint), needs=needs)
 
 
 def no_controlnet_engine(checkpoint: str) -> str:

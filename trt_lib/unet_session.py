@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .errors import EngineRunError, NoProfileError
+from .errors import EngineRunError
 from .families import Family
 from .lora_refit import LoraRefitter
-from .matching import choose, explain, need, no_controlnet_engine
+from .matching import able, choose, uncovered
 from .profiles import UnetCall
 from .runtime import EngineRunner
 from .store import EngineEntry
@@ -48,11 +48,8 @@ class UnetSession:
     def _load(self, call: UnetCall, controlnet: bool) -> tuple[EngineEntry, EngineRunner]:
         choice = choose(self.entries, call, controlnet)
         if choice is None:
-            if controlnet and not any(e.controlnet for e in self.entries):
-                raise NoProfileError(no_controlnet_engine(self.checkpoint))
-            entries = [e for e in self.entries if e.controlnet] if controlnet else self.entries
-            needs = [need(entries, call)]
-            raise NoProfileError(explain(entries, needs, [call], self.family, self.checkpoint), needs)
+            entries = able(self.entries, controlnet, self.checkpoint)
+            raise uncovered(entries, [call], [call], self.family, self.checkpoint)
         engine_id = choice.entry.id
         if engine_id in self._runners:
             self._runners.move_to_end(engine_id)
