@@ -31,8 +31,8 @@ def build(monkeypatch, tmp_path):
         # checks ``build`` makes first, then the build itself in this process
         monkeypatch.setattr(trt10.Backend, "module", lambda self: trt)
         backend, engine = get_backend("tensorrt"), tmp_path / "e.engine"
-        backend.check_build(refit)
-        report = backend.build_here(tmp_path / "unet.onnx", engine, [PROFILE], target=backend.build_target(None),
+        target = backend.check_build(None, refit)
+        report = backend.build_here(tmp_path / "unet.onnx", engine, [PROFILE], target=target,
                                     refit=refit, strip_weights=strip_weights, progress=lambda stage, f: None,
                                     cache_dir=tmp_path)
         return report, engine

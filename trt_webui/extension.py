@@ -14,7 +14,7 @@ from modules import call_queue, devices, sd_unet, shared
 
 from trt_lib.backends import get_backend
 from trt_lib.backends.trt10 import gpu_capability
-from trt_lib.errors import BackendUnavailableError, BuildTargetError, TrtError
+from trt_lib.errors import BackendUnavailableError, TrtError
 from trt_lib.families import Family, get_family
 from trt_lib.jobs import Job, JobQueue
 from trt_lib.onnx_runtime import reference_runner
@@ -208,12 +208,7 @@ class Extension:
                                loras=lora_bake.check_loras(loras or []), refit=refit, dtype=devices.dtype_unet,
                                controlnet=controlnet)
         request.validate()
-        # refuse now, with the fix: the backend missing, nothing to build for (no GPU, no target), a bad release
-        backend = get_backend(request.backend)
-        backend.build_target(request.compute_capability)
-        backend.check_build(request.refit)
-        if refit and (problem := backend.refit_build_problem()):
-            raise BuildTargetError(problem)  # before the export, not at the end of the build
+        get_backend(request.backend).check_build(request.compute_capability, request.refit)  # refused now, not late
         store = self.store
 
         def run(job: Job) -> EngineEntry:

@@ -100,14 +100,11 @@ def test_builds_queue_one_at_a_time_and_hold_the_queue_lock_only_to_export(clien
         def version(self) -> str:
             return "stand-in"
 
-        def build_target(self, requested: str | None) -> str:
-            return "stand-in"
-
         def needs_gpu_to_build(self, refit: bool) -> bool:
             return False  # an ahead-of-time build on the CPU, as TensorRT for RTX does
 
-        def check_build(self, refit: bool) -> None:
-            """A release fit for every build."""
+        def check_build(self, compute_capability: str | None, refit: bool) -> str:
+            return "stand-in"  # a backend that can do every build
 
     def fake_export(unet, request, store, **kwargs):
         lock_held.append(("export", webui.call_queue.queue_lock.locked()))

@@ -197,10 +197,17 @@ class Backend:
                            seconds=time.perf_counter() - started, engine_bytes=engine_path.stat().st_size,
                            refittable=refit, weight_stripped=strip_weights)
 
-    def check_build(self, refit: bool) -> None:
-        """Refuse, before any export, a build this backend cannot do well here: its module missing or broken,
-        or a release whose refittable engines are documented to compute wrong results."""
+    def check_build(self, compute_capability: str | None, refit: bool) -> str:
+        """Refuse, before any export, a build this backend cannot do here (:class:`BuildTargetError` with the
+        fix): its module missing or broken, no target to build for (no GPU, none chosen), a release whose
+        refittable engines are documented to compute wrong results, or refit where it needs a GPU that is not
+        there. The compute capability the build targets otherwise."""
+        target = self.build_target(compute_capability)
         self._check_release(self.module(), refit)
+        problem = self.refit_build_problem() if refit else ""
+        if problem:
+            raise BuildTargetError(problem)
+        return target
 
     def _check_release(self, trt: ModuleType, refit: bool) -> None:
         """Refuse refittable builds with a TensorRT release documented to compute them wrongly."""
