@@ -230,14 +230,15 @@ class Extension:
         return self.jobs.submit(f"{model.checkpoint}: " + "; ".join(p.label() for p in profiles), run)
 
     def rebuild(self, engine_id: str) -> Job:
-        """Build an engine again with its profiles, LoRAs and refit choice from the loaded checkpoint (replaced
-        since, or for this backend and GPU); the old one is deleted once the new one is built."""
+        """Build an engine again with its profiles, LoRAs, refit and ControlNet choices from the loaded checkpoint
+        (replaced since, or for this backend and GPU); the old one is deleted once the new one is built."""
         entry = self.store.get(engine_id)
         loaded = loaded_model.checkpoint_name()
         if loaded != entry.checkpoint:
             raise TrtError(f"{engine_id} is an engine of {entry.checkpoint}, but {loaded} is loaded: load "
                            f"{entry.checkpoint} first (a rebuild exports the loaded checkpoint)")
-        return self.submit_build(entry.parsed_profiles, entry.loras, entry.refittable, replaces=entry.id)
+        return self.submit_build(entry.parsed_profiles, entry.loras, entry.refittable, entry.controlnet,
+                                 replaces=entry.id)
 
     def adopt_file(self, name: str) -> EngineEntry:
         """Record an engine file the manifest lost again, from its record beside it."""

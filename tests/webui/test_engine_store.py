@@ -3,6 +3,8 @@ cannot be read, engine files the manifest lost, one decision whether an engine i
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -68,13 +70,18 @@ def test_rebuild_builds_the_same_profiles_again_and_replaces_the_old_engine(repl
     (old,) = webui.EXT.store.entries()
     asked = {}
 
-    def submit(profiles, loras=None, refit=False, replaces=""):
-        asked.update(profiles=profiles, loras=loras, refit=refit, replaces=replaces)
+    def submit(profiles, loras=None, refit=False, controlnet=False, replaces=""):
+        asked.update(profiles=profiles, loras=loras, refit=refit, controlnet=controlnet, replaces=replaces)
         return "job"
 
     monkeypatch.setattr(webui.EXT, "submit_build", submit)
     assert webui.EXT.rebuild(old.id) == "job"
-    assert asked == {"profiles": old.parsed_profiles, "loras": [], "refit": False, "replaces": old.id}
+    assert asked == {"profiles": old.parsed_profiles, "loras": [], "refit": False, "controlnet": False,
+                     "replaces": old.id}
+    ready = webui.EXT.store.add(dataclasses.replace(old, id=webui.EXT.store.new_id("a"), controlnet=True,
+                                                    controlnet_residuals=[[320, 1]]))
+    webui.EXT.rebuild(ready.id)  # a ControlNet-ready engine is rebuilt ControlNet-ready
+    assert asked["controlnet"] is True and asked["replaces"] == ready.id
     webui.load("b.safetensors")
     with pytest.raises(Exception, match="but b is loaded: load a first"):
         webui.EXT.rebuild(old.id)
