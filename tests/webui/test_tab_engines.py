@@ -68,6 +68,6 @@ def test_a_replaced_checkpoints_engine_is_rebuilt_from_the_tab(webui, tab, monke
     (entry,) = webui.EXT.store.entries()
     assert "another version of a" in tab.engine_rows().loc[0, "status"]
     job = type("Job", (), {"id": "j1", "description": "a: 64-128x64-128 b1-4 t75-150"})()
-    monkeypatch.setattr(webui.EXT, "submit_build", lambda profiles, loras, refit, replaces: job)
+    monkeypatch.setattr(webui.EXT, "submit_build", lambda profiles, loras, refit, controlnet, replaces: job)
     message, job_id = tab.rebuild(tab.engine_picker()["choices"][0])
     assert job_id == "j1" and message.startswith(f"Rebuilding {entry.id} (a: 64-128x64-128")
