@@ -137,9 +137,10 @@ def test_report_and_progress(tmp_path):
     seen: list[tuple[str, float]] = []
     path = tmp_path / "unet.onnx"
     report = export(make_unet("sd1"), path, progress=lambda stage, f: seen.append((stage, f)))
-    assert report.path == path and report.opset == 17 and not report.external_data
-    assert report.onnx_bytes == path.stat().st_size and report.seconds > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx", "unet.weights.json"]
+    assert report.path == path and report.opset == 17 and not report.reused_graph
+    assert report.onnx_bytes == path.stat().st_size + (tmp_path / "unet.onnx.data").stat().st_size
+    assert report.seconds > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx", "unet.onnx.data", "unet.weights.json"]
     fractions = [f for _, f in seen]
     assert len(seen) >= 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
 
@@ -217,24 +218,21 @@ def test_weight_map_refits_to_other_weights(tiny_unet, exported_onnx):
     assert (base - ref).norm() / ref.norm() > 0.1
 
 
-def test_external_data_in_one_file(tmp_path, monkeypatch, tiny_unet):
-    """Over the 2 GB limit (lowered here) the weights go into one ``.data`` file; a later small export of the
-    same name removes it."""
+def test_weights_in_one_data_file_graph_small(tmp_path, tiny_unet):
+    """All weights go into one ``.data`` file, in graph order, each once; the ONNX holds only the graph; an
+    earlier export of the same name is replaced whole."""
     family = get_family("sd1")
     path = tmp_path / "unet.onnx"
-    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", 0)
+    export(make_unet("sd1", seed=5), path)
     report = export(tiny_unet("sd1"), path)
     data = tmp_path / "unet.onnx.data"
-    assert report.external_data and sorted(p.name for p in tmp_path.iterdir()) == [
-        "unet.onnx", "unet.onnx.data", "unet.weights.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx", "unet.onnx.data", "unet.weights.json"]
     assert report.onnx_bytes == path.stat().st_size + data.stat().st_size
     assert data.stat().st_size == sum(v.numel() * v.element_size() for v in tiny_unet("sd1").state_dict().values())
-    assert all(t.data_location == onnx.TensorProto.EXTERNAL
-               for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data for t in graph.initializer)
+    offsets = [int(next(e.value for e in t.external_data if e.key == "offset")) for t in graph.initializer]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
     onnx.checker.check_model(str(path))
     (row,) = parity(path, tiny_unet("sd1"), family, CALLS[:1], dtype=torch.float32)
     assert row.finite and row.rel_error <= 1e-4
-
-    monkeypatch.undo()
-    assert not export(tiny_unet("sd1"), path).external_data
-    assert not data.exists()

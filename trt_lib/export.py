@@ -6,13 +6,18 @@ project's environment nor the WebUI ships, and because the TorchScript exporter,
 what TensorRT wants: the family's input and output names, ``dynamic_axes`` as the family states them,
 ``LayerNormalization`` nodes and attention as MatMul-Softmax-MatMul.
 
-Weight names for refit: the export runs without constant folding and with ``keep_initializers_as_inputs``
-(which skips the exporter's pass that merges initializers of equal value, e.g. all LayerNorm weights of a
-fresh model, into one), so every parameter reaches the ONNX as one initializer named by its ``state_dict``
-key, holding the parameter as is. The initializers are then removed from the graph inputs again, so the graph
-inputs are exactly the family's. The weight map written beside the ONNX records that correspondence, read off
-the exported file: initializer name, ``state_dict`` key, dtype and shape. TensorRT folds the weight
-transposes the graph still holds at build time.
+Weights: the graph is traced without its parameters (``export_params=False``, no constant folding), so each
+parameter is a graph input named by its ``state_dict`` key (the exporter's pass that merges initializers of
+equal value, e.g. all LayerNorm weights of a fresh model, never runs). Those inputs then become initializers
+again and the tensors are written once, straight from the module, one at a time, into one external data file:
+no 2 GB protobuf is ever built, serialised, parsed or saved again, which is where a plain
+``torch.onnx.export`` of the UNet spends its time and host memory. The graph inputs are exactly the family's.
+The weight map written beside the ONNX records initializer name, ``state_dict`` key, dtype and shape, read off
+the exported graph. TensorRT folds the weight transposes the graph still holds at build time.
+
+The traced graph depends on the module's code and shapes, not on its weights: with a ``graph_cache`` folder,
+an export of a module that would trace to a graph kept there (:mod:`.graph_cache`) skips the trace and only
+writes its weights; the files equal those of a fresh export byte for byte.
 
 ControlNet-ready exports (``controlnet=True``) take one more input per ControlNet residual, ``control_<i>``,
 added where the ControlNet extension adds it (:mod:`.controlnet_export`); weights and weight map are the same.
@@ -20,9 +25,9 @@ added where the ControlNet extension adds it (:mod:`.controlnet_export`); weight
 fp16 exports of families marked ``attention_upcast`` (SD 2.x) get their attention scores computed in fp32
 (:mod:`.attention_upcast`), as Stability's reference code and the WebUI's "upcast cross attention" do.
 
-Files: ``<name>.onnx``, ``<name>.onnx.data`` (one external data file, only when the model is over 2 GB),
-``<name>.weights.json``. They are written into a partial folder beside the target and moved into place once
-the ONNX checker passed, the ONNX last, so a reader never sees a half-written export.
+Files: ``<name>.onnx`` (the graph), ``<name>.onnx.data`` (all weights), ``<name>.weights.json``. They are
+written into a partial folder beside the target and moved into place once the ONNX checker passed, the ONNX
+last, so a reader never sees a half-written export.
 """
 
 from __future__ import annotations
@@ -42,10 +47,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from . import graph_cache as graph_cache_mod
 from .attention_upcast import upcast_attention_scores
 from .controlnet_export import ControlNetReady
 from .errors import ExportError, TrtError
 from .families import CONTROL_PREFIX, Family, ResidualPoint
+from .graph_cache import trace_fingerprint
 from .profiles import CONTEXT_PER_CHUNK, PIXEL_GRID, UnetCall
 from .store import partial_path, remove_if_empty
 
@@ -53,9 +60,6 @@ if TYPE_CHECKING:
     import onnx
 
 Progress = Callable[[str, float], None]
-
-EXTERNAL_DATA_BYTES = 2**31 - 2**24
-"""Above this the weights go into an external data file (protobuf cannot hold 2 GB; leave room for the graph)."""
 
 WEIGHT_MAP_FORMAT = "sd-webui-tensorrt/weight-map"
 _DTYPES = {torch.float16: "float16", torch.float32: "float32"}
@@ -68,8 +72,7 @@ class ExportReport:
     path: Path
     seconds: float
     onnx_bytes: int
-    """The ONNX file plus its external data file, if any."""
-    external_data: bool
+    """The ONNX file plus its weight data file."""
     opset: int
     dtype: str
     weight_map: Path
@@ -77,6 +80,8 @@ class ExportReport:
     """True when the module was not already in ``dtype`` on ``device`` and a converted copy was exported."""
     controlnet: tuple[ResidualPoint, ...] = ()
     """The ControlNet residual inputs of a ControlNet-ready export, in input order; empty for a plain one."""
+    reused_graph: bool = False
+    """True when the traced graph of an earlier export was reused and only the weights were written."""
 
 
 @dataclass(frozen=True)
@@ -109,13 +114,18 @@ def data_path(onnx_path: Path) -> Path:
 
 def export_onnx(unet: torch.nn.Module, family: Family, path: Path, *,
                 dtype: torch.dtype = torch.float16, device: torch.device | str | None = None,
-                progress: Progress | None = None, opset: int = 17, controlnet: bool = False) -> ExportReport:
+                progress: Progress | None = None, opset: int = 17, controlnet: bool = False,
+                graph_cache: Path | None = None) -> ExportReport:
     """Export ``unet`` to ``path`` for ``family``, with every profile axis dynamic, all inputs in ``dtype``;
     with ``controlnet``, ControlNet-ready (one residual input per point of ``family.controlnet_residuals``).
 
+    ``graph_cache``: a folder where the traced graph is kept (:mod:`.graph_cache`); an export whose module
+    would trace to a kept graph reuses it and only writes its weights.
+
     The caller's module is left as it was (weights, dtype, device, train/eval mode); it is only copied when
-    its dtype or device differs from the wanted one. Any failure raises :class:`ExportError` naming the cause
-    and leaves no file behind; an exception raised by ``progress`` (a cancel) is re-raised unchanged.
+    its dtype or device differs from the wanted one and a trace is needed. Any failure raises
+    :class:`ExportError` naming the cause and leaves no file behind; an exception raised by ``progress`` (a
+    cancel) is re-raised unchanged.
     """
     if dtype not in _DTYPES:
         raise ExportError(f"ONNX export supports float16 and float32, not {dtype}")
@@ -141,27 +151,29 @@ def export_onnx(unet: torch.nn.Module, family: Family, path: Path, *,
 
         report("preparing the UNet for export", 0.0)
         points = family.controlnet_residuals(unet) if controlnet else ()
+        want = _device(unet, device)
         work.mkdir(parents=True)
-        model, converted = _module_for_export(unet, dtype, device)
-        target = next(model.parameters()).device
-        report("tracing the UNet and writing ONNX", 0.1)
-        with _eval_mode(model), torch.no_grad():
-            _torch_export(model, family, points, work / path.name, dtype, target, opset)
-        del model  # a converted copy is not needed any more; free it before the checker loads the file
-        report("checking the ONNX", 0.7)
-        proto = onnx.load(str(work / path.name), load_external_data=False)
-        if family.attention_upcast and dtype == torch.float16:
-            upcast_attention_scores(proto.graph)
-        external = _finish_graph(proto, family.engine_input_names(points), work, path.name)
+        fingerprint = trace_fingerprint(unet, family, dtype, opset, points, want) if graph_cache else ""
+        proto = graph_cache_mod.load(graph_cache, fingerprint) if graph_cache else None
+        reused, converted = proto is not None, False
+        if proto is None:
+            report("tracing the UNet", 0.05)
+            proto, converted = _traced_graph(unet, family, points, work, dtype, want, opset)
+            if graph_cache:
+                graph_cache_mod.keep(graph_cache, fingerprint, proto)
+        else:
+            report("reusing the traced graph of an earlier export of this kind", 0.05)
+        size = _write_weights(proto, unet.state_dict(), want, dtype, work / path.name,
+                              lambda f: report("writing the weights", 0.6 + 0.3 * f))
+        report("checking the ONNX", 0.9)
         onnx.checker.check_model(str(work / path.name))
-        report("writing the weight map", 0.9)
         weights = _weight_map(proto, unet.state_dict(), dtype)
         (work / weight_map_path(path).name).write_text(json.dumps(
             {"format": WEIGHT_MAP_FORMAT, "version": 1, "onnx": path.name, "dtype": _DTYPES[dtype],
              "weights": {name: {"key": w.key, "dtype": w.dtype, "shape": list(w.shape)}
                          for name, w in weights.items()}}, indent=1), encoding="utf-8")
         report("moving the export into place", 1.0)  # the last chance to cancel: nothing is in place yet
-        size = _move_into_place(work, path, external)
+        _move_into_place(work, path)
     except BaseException as e:
         if from_progress or isinstance(e, TrtError) or not isinstance(e, Exception):
             raise
@@ -171,31 +183,56 @@ def export_onnx(unet: torch.nn.Module, family: Family, path: Path, *,
         shutil.rmtree(work, ignore_errors=True)
         if made_folder and not path.exists():  # failed or cancelled: leave no empty export folder either
             remove_if_empty(path.parent)
-    return ExportReport(path=path, seconds=time.perf_counter() - start, onnx_bytes=size, external_data=external,
+    return ExportReport(path=path, seconds=time.perf_counter() - start, onnx_bytes=size,
                         opset=max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                         dtype=_DTYPES[dtype], weight_map=weight_map_path(path), converted_copy=converted,
-                        controlnet=points)
+                        controlnet=points, reused_graph=reused)
+
+
+def _device(unet: torch.nn.Module, device: torch.device | str | None) -> torch.device:
+    """Where the export runs: ``device`` ("cuda" made "cuda:0"), else where the module's weights are."""
+    return torch.empty(0, device=device).device if device is not None else next(unet.parameters()).device
+
+
+def _traced_graph(unet: torch.nn.Module, family: Family, points: tuple[ResidualPoint, ...], work: Path,
+                  dtype: torch.dtype, device: torch.device, opset: int) -> tuple[onnx.ModelProto, bool]:
+    """Trace ``unet`` without its weights and post-process the graph: weights as initializers without data,
+    fp32 attention scores where the family needs them. Also whether a converted copy was traced."""
+    import onnx
+
+    model, converted = _module_for_export(unet, dtype, device)
+    traced = work / "traced.onnx"
+    with _eval_mode(model), torch.no_grad():
+        _torch_export(model, family, points, traced, dtype, device, opset)
+    del model  # a converted copy is not needed any more: its weights are written from the caller's module
+    proto = onnx.load(str(traced))
+    traced.unlink()
+    if family.attention_upcast and dtype == torch.float16:
+        upcast_attention_scores(proto.graph)
+    _inputs_to_initializers(proto.graph, family.engine_input_names(points))
+    return proto, converted
 
 
 def _module_for_export(unet: torch.nn.Module, dtype: torch.dtype,
-                       device: torch.device | str | None) -> tuple[torch.nn.Module, bool]:
+                       device: torch.device) -> tuple[torch.nn.Module, bool]:
     """The module itself when it already has ``dtype`` and ``device``; else a copy made directly in them.
 
     The copy never holds a second full-precision set of weights: parameters and buffers are converted one by
     one as the deep copy reaches them.
     """
-    first = next(unet.parameters())
-    want = torch.empty(0, device=device).device if device is not None else first.device  # "cuda" -> "cuda:0"
     tensors = [*unet.parameters(), *unet.buffers()]
-    if all(t.device == want and (t.dtype == dtype or not t.is_floating_point()) for t in tensors):
+    if all(t.device == device and (t.dtype == dtype or not t.is_floating_point()) for t in tensors):
         return unet, False
-
-    def convert(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to(want, dtype if t.is_floating_point() else t.dtype)
-
-    memo: dict[int, Any] = {id(p): torch.nn.Parameter(convert(p), requires_grad=False) for p in unet.parameters()}
-    memo.update({id(b): convert(b) for b in unet.buffers()})
+    memo: dict[int, Any] = {id(p): torch.nn.Parameter(_converted(p, device, dtype), requires_grad=False)
+                            for p in unet.parameters()}
+    memo.update({id(b): _converted(b, device, dtype) for b in unet.buffers()})
     return copy.deepcopy(unet, memo), True
+
+
+def _converted(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as the export holds it: on ``device``, floats in ``dtype``; one conversion for the traced copy and
+    for the written weights, so both hold the same values."""
+    return t.detach().to(device, dtype if t.is_floating_point() else t.dtype)
 
 
 @contextmanager
@@ -231,47 +268,54 @@ def _torch_export(model: torch.nn.Module, family: Family, points: tuple[Residual
             model, tuple(inputs[n] for n in names), str(out), dynamo=False,
             input_names=list(names), output_names=[family.output_name],
             dynamic_axes=family.dynamic_axes(points), opset_version=opset,
-            do_constant_folding=False, keep_initializers_as_inputs=True)
+            do_constant_folding=False, export_params=False, keep_initializers_as_inputs=True)
 
 
-def _finish_graph(proto: onnx.ModelProto, input_names: Sequence[str], folder: Path, name: str) -> bool:
-    """Drop initializers from the graph inputs; put all weights into one data file if they are over 2 GB.
-
-    ``proto`` was loaded without its external data; returns whether the weights are now external.
-    """
+def _inputs_to_initializers(graph: onnx.GraphProto, input_names: Sequence[str]) -> None:
+    """Turn the weight inputs of a graph traced without its parameters into initializers (names, dims and
+    dtypes, no data yet), so that the graph inputs are exactly the family's."""
     import onnx
-    from onnx import numpy_helper
-    from onnx.external_data_helper import uses_external_data
 
+    weights = [i for i in graph.input if i.name not in input_names]
+    kept = [i for i in graph.input if i.name in input_names]
+    del graph.input[:]
+    graph.input.extend(kept)
+    for value in weights:
+        tensor = value.type.tensor_type
+        graph.initializer.append(onnx.TensorProto(
+            name=value.name, data_type=tensor.elem_type, dims=[d.dim_value for d in tensor.shape.dim],
+            data_location=onnx.TensorProto.EXTERNAL))
+
+
+def _write_weights(proto: onnx.ModelProto, state: Mapping[str, torch.Tensor], device: torch.device,
+                   dtype: torch.dtype, out: Path, progress: Callable[[float], None]) -> int:
+    """Write every initializer's tensor from ``state`` into ``out.data``, in graph order, then the graph into
+    ``out``; returns the bytes of both. One tensor at a time is on the host."""
+    import onnx
+
+    data_name = data_path(out).name
     inits = proto.graph.initializer
-    kept = [i for i in proto.graph.input if i.name in input_names]
-    del proto.graph.input[:]
-    proto.graph.input.extend(kept)
-    size = sum(_tensor_bytes(t) for t in inits)
-    external = size > EXTERNAL_DATA_BYTES or any(uses_external_data(t) for t in inits)
-    if external:
-        data_name = data_path(folder / name).name
-        with open(folder / data_name, "wb") as data:
-            for tensor in inits:
-                raw = numpy_helper.to_array(tensor, base_dir=str(folder)).tobytes()
-                offset = data.tell()
-                data.write(raw)
-                del tensor.external_data[:]
-                for key, value in (("location", data_name), ("offset", offset), ("length", len(raw))):
-                    tensor.external_data.add(key=key, value=str(value))
-                tensor.ClearField("raw_data")
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-            data.flush()
-            os.fsync(data.fileno())
-    onnx.save(proto, str(folder / name))
-    return external
-
-
-def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    import onnx
-
-    count = int(np.prod(tensor.dims)) if tensor.dims else 1
-    return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    with open(out.parent / data_name, "wb") as data:
+        for index, tensor in enumerate(inits):
+            if tensor.name not in state:
+                raise ExportError(f"the traced graph has weight {tensor.name}, which the UNet does not have")
+            array = _converted(state[tensor.name], device, dtype).cpu().contiguous().numpy()
+            want = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            if array.dtype != want or tuple(array.shape) != tuple(tensor.dims):
+                raise ExportError(f"weight {tensor.name} is {array.dtype} {tuple(array.shape)}, the traced graph "
+                                  f"has {np.dtype(want)} {tuple(tensor.dims)}")
+            offset = data.tell()
+            data.write(array.data)
+            del tensor.external_data[:]
+            for key, value in (("location", data_name), ("offset", offset), ("length", array.nbytes)):
+                tensor.external_data.add(key=key, value=str(value))
+            if index % 64 == 0:
+                progress(index / len(inits))
+        data.flush()
+        os.fsync(data.fileno())
+        size = data.tell()
+    onnx.save(proto, str(out))
+    return size + out.stat().st_size
 
 
 def _weight_map(proto: onnx.ModelProto, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, WeightRef]:
@@ -293,14 +337,10 @@ def _weight_map(proto: onnx.ModelProto, state: Mapping[str, torch.Tensor], dtype
     return weights
 
 
-def _move_into_place(work: Path, path: Path, external: bool) -> int:
-    """Rename the finished files next to ``path``, the ONNX last; return the ONNX plus data bytes."""
-    moves = [weight_map_path(path), *([data_path(path)] if external else []), path]
-    for final in moves:
+def _move_into_place(work: Path, path: Path) -> None:
+    """Rename the finished files next to ``path``, the ONNX last, so a reader never sees a partial export."""
+    for final in (weight_map_path(path), data_path(path), path):
         os.replace(work / final.name, final)
-    if not external:
-        data_path(path).unlink(missing_ok=True)  # left by an earlier export of the same name
-    return sum(f.stat().st_size for f in moves if f != weight_map_path(path))
 
 
 def residual_inputs(onnx_path: Path) -> tuple[ResidualPoint, ...]:

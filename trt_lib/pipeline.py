@@ -72,6 +72,11 @@ def onnx_path_for(store: EngineStore, request: BuildRequest) -> Path:
     return store.folder / "onnx" / request.export_key() / "unet.onnx"
 
 
+def graph_cache_folder(store: EngineStore) -> Path:
+    """Where exports keep traced graphs for later checkpoints of the same kind (:mod:`.graph_cache`)."""
+    return store.folder / "cache" / "graphs"
+
+
 def export_stage(unet: torch.nn.Module, request: BuildRequest, store: EngineStore, *,
                  progress: Progress | None = None, cancel: threading.Event | None = None,
                  device: torch.device | str | None = None) -> Path:
@@ -94,8 +99,10 @@ def export_stage(unet: torch.nn.Module, request: BuildRequest, store: EngineStor
     onnx_path.parent.parent.mkdir(parents=True, exist_ok=True)
     export: ExportReport = export_onnx(
         unet, request.family, onnx_path, dtype=request.dtype, device=device, controlnet=request.controlnet,
+        graph_cache=graph_cache_folder(store),
         progress=lambda stage, f: (BuildCancelled.check(cancel), report_progress(stage, f * EXPORT_SHARE)))
-    report_progress(f"exported in {export.seconds:.1f} s", EXPORT_SHARE)
+    how = "weights written into the traced graph of an earlier export" if export.reused_graph else "exported"
+    report_progress(f"{how} in {export.seconds:.1f} s", EXPORT_SHARE)
     return onnx_path
 
 
