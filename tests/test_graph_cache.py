@@ -3,6 +3,7 @@ fresh export byte for byte, and anything that would change the trace changes the
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -88,8 +89,9 @@ CHANGES = {
 def test_what_changes_the_trace_changes_the_fingerprint(change, monkeypatch):
     base = make_unet("sd1", seed=0)
 
-    def fingerprint(unet=None, family=None, dtype=torch.float32, opset=17, points=(), device=torch.device("cpu")):
-        return graph_cache.trace_fingerprint(unet or base, family or get_family("sd1"), dtype, opset, points, device)
+    def fingerprint(unet=None, family=None, dtype=torch.float32, opset=17, points=(), device=None):
+        return graph_cache.trace_fingerprint(unet or base, family or get_family("sd1"), dtype, opset, points,
+                                             device or torch.device("cpu"))
 
     before = fingerprint()
     assert fingerprint(unet=make_unet("sd1", seed=3)) == before  # other weights, same trace
@@ -121,8 +123,6 @@ def test_keeps_the_most_recently_used_graphs(tmp_path):
         graph_cache.keep(tmp_path, f"f{i}", proto)
         path = tmp_path / f"f{i}.graph.pb"
         if path.exists():
-            import os
-
             os.utime(path, (1000 + i, 1000 + i))
     kept = sorted(p.name.removesuffix(".graph.pb") for p in tmp_path.glob("*.graph.pb"))
     assert len(kept) == graph_cache.KEEP and "f0" not in kept and f"f{graph_cache.KEEP + 1}" in kept
