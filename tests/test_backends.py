@@ -86,6 +86,12 @@ def test_build_writes_engine_and_reports(onnx_path: Path, tmp_path: Path, profil
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     assert len({round(f, 2) for f in fractions}) > 10, "TensorRT's phases should move the bar in small steps"
     assert any(stage.startswith("building: ") for stage, _ in seen)
+    # where the time went: parsing, TensorRT's own top-level phases, writing; said in the last message
+    names = [name for name, _ in report.phases]
+    assert names[0] == "parsing the ONNX" and names[-1] == "writing the engine" and len(names) >= 3, names
+    assert all(s >= 0 for _, s in report.phases) and sum(s for _, s in report.phases) <= report.seconds
+    slowest = max(report.phases, key=lambda p: p[1])[0]
+    assert seen[-1][0] == f"engine {report.summary()}" and f"most of it in {slowest} (" in seen[-1][0]
     # TensorRT for RTX has no build-time timing cache (its API for one is a no-op that needs a GPU).
     assert files(tmp_path) == ["e.engine"]
 

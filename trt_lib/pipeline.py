@@ -134,7 +134,7 @@ def build_stage(onnx_path: Path, request: BuildRequest, store: EngineStore, *,
     except BaseException:
         engine_path.unlink(missing_ok=True)  # never leave an engine no entry names
         raise
-    report_progress("done", 1.0)
+    report_progress(f"done: engine {build.summary()}", 1.0)
     return entry
 
 

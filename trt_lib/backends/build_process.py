@@ -71,7 +71,9 @@ def build_in_child(backend: Backend, onnx_path: Path, engine_path: Path, profile
     if "error" in answer:
         error = getattr(errors, answer["error"], None)
         raise (error if isinstance(error, type) and issubclass(error, TrtError) else BuildError)(answer["message"])
-    return BuildReport(**{**answer["report"], "compute_capabilities": tuple(answer["report"]["compute_capabilities"])})
+    report = answer["report"]
+    return BuildReport(**{**report, "compute_capabilities": tuple(report["compute_capabilities"]),
+                          "phases": tuple((name, seconds) for name, seconds in report["phases"])})
 
 
 def _read(child: subprocess.Popen, messages: queue.Queue) -> None:
