@@ -4,6 +4,7 @@ fresh export byte for byte, and anything that would change the trace changes the
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -139,3 +140,29 @@ def test_pipeline_second_checkpoint_writes_only_weights(tmp_path):
     assert len(list(graph_cache_folder(store).glob("*.graph.pb"))) == 1
     done = [s for s in stages if " in " in s and s.startswith("export: ") and "s" in s.rsplit(" ", 1)[-1]]
     assert done[0].startswith("export: exported in") and done[1].startswith("export: weights written into")
+
+
+def _forward_with_constants(x):
+    return x * 3.5 + len("a constant only this function holds")
+
+
+def test_code_hash_does_not_depend_on_reference_counts():
+    """The same code hashes the same while other objects refer to its constants (``marshal`` output does not:
+    in the real WebUI two exports of one process gave the same forward two hashes)."""
+    before = graph_cache._code_id(_forward_with_constants)
+    held = [*_forward_with_constants.__code__.co_consts, *_forward_with_constants.__code__.co_names] * 3
+    assert graph_cache._code_id(_forward_with_constants) == before and held
+
+
+def test_fingerprint_is_the_same_in_other_processes():
+    """Kept graphs outlive the WebUI process: the fingerprint must not depend on the string hash seed."""
+    script = ("import torch; from trt_lib.graph_cache import trace_fingerprint; from trt_lib.families import "
+              "get_family; from trt_lib.tiny_unets import make_unet; print(trace_fingerprint(make_unet('sd1'), "
+              "get_family('sd1'), torch.float32, 17, (), torch.device('cpu')))")
+    root = Path(__file__).resolve().parent.parent
+    found = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root,
+                            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}).stdout.strip()
+             for seed in ("1", "2")}
+    here = graph_cache.trace_fingerprint(make_unet("sd1"), get_family("sd1"), torch.float32, 17, (),
+                                         torch.device("cpu"))
+    assert found == {here}

@@ -8,8 +8,9 @@ checkpoints get the same fingerprint only when tracing them would record the sam
 
 - every submodule: its name, class, the code of the ``forward`` it would run (an instance-level patch
   included) and its plain configuration attributes (ints, floats, strings, flags, dtypes, tuples of them);
-- the functions and objects at module level of every module that defines one of those classes, and of
-  ``torch.nn.functional``, by code (the WebUI patches such globals, e.g. ``timestep_embedding``);
+- the functions, objects and plain values at module level of every module that defines one of those classes
+  or forwards, and of ``torch.nn.functional`` (the WebUI patches such globals, e.g. ``timestep_embedding``;
+  ldm reads ``_ATTN_PRECISION`` from one);
 - every ``state_dict`` entry's name, shape and dtype (floats as exported);
 - autocast on the export device, family, dtype, opset, ControlNet residual points, torch and onnx versions,
   and the source of this project's export modules.
@@ -21,7 +22,6 @@ initializers), without weight data: a ``GraphProto`` whose initializers have nam
 from __future__ import annotations
 
 import hashlib
-import marshal
 import os
 import sys
 import types
@@ -65,10 +65,10 @@ def trace_fingerprint(unet: torch.nn.Module, family: Family, dtype: torch.dtype,
     for name, module in unet.named_modules():
         forward = module.__dict__.get("forward", type(module).forward)
         add(name, _qualname(type(module)), _code_id(forward), _config(module))
-        for cls in type(module).__mro__:
-            found = sys.modules.get(cls.__module__)
+        for module_name in (type(module).__module__, getattr(getattr(forward, "__func__", forward), "__module__", "")):
+            found = sys.modules.get(module_name or "")
             if found is not None:
-                defining.setdefault(cls.__module__, found)
+                defining.setdefault(module_name, found)
     for module_name in sorted(defining):
         add(module_name, *_globals_id(vars(defining[module_name])))
     for key, tensor in unet.state_dict().items():
@@ -85,9 +85,27 @@ def _code_id(fn: Any) -> str:
     fn = getattr(fn, "__func__", fn)
     code = getattr(fn, "__code__", None)
     if code is not None:
-        return f"{_qualname(fn)}:{hashlib.sha256(marshal.dumps(code)).hexdigest()[:16]}"
+        return f"{_qualname(fn)}:{_code_digest(code)}"
     inner = getattr(fn, "func", None)  # functools.partial
     return f"{_qualname(type(fn))}({_code_id(inner)})" if inner is not None else _qualname(type(fn))
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """A hash of what ``code`` does, equal in every process (``marshal`` is not: it flags objects by their
+    reference counts; frozenset constants iterate in an order that depends on the string hash seed)."""
+
+    def const(c: Any) -> str:
+        if isinstance(c, types.CodeType):
+            return _code_digest(c)
+        if isinstance(c, frozenset):
+            return repr(sorted(map(const, c)))
+        if isinstance(c, tuple):
+            return "(" + ",".join(map(const, c)) + ")"
+        return repr(c)
+
+    parts = (code.co_code, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,
+             [const(c) for c in code.co_consts])
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 def _config(module: torch.nn.Module) -> tuple[tuple[str, str], ...]:
