@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from live_webui import Webui, engine_dir
 
 UNET = "model.diffusion_model."
 RANK = 4
@@ -45,3 +46,32 @@ def write_lora(checkpoint: Path, out: Path, layer_suffixes: Sequence[str], seed:
     save_file(tensors, str(out), metadata={"ss_network_module": "networks.lora", "ss_network_dim": str(RANK),
                                            "ss_network_alpha": str(RANK)})
     return deltas
+
+
+def weights_differing(webui: Webui, entry: dict, checkpoint: Path, deltas: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Per UNet weight of the engine's ONNX that is not the checkpoint's (+ ``deltas``), how it differs."""
+    import onnx
+    from onnx import numpy_helper
+    from safetensors import safe_open
+
+    from trt_lib.export import load_weight_map
+
+    onnx_path = engine_dir(webui) / entry["onnx_file"]
+    assert onnx_path.is_file(), f"the engine's ONNX {onnx_path} is not on this machine (set WEBUI_ENGINE_DIR)"
+    weight_map = load_weight_map(onnx_path)
+    initializers = {t.name: t for t in onnx.load(str(onnx_path), load_external_data=True).graph.initializer}
+    wrong = {}
+    with safe_open(str(checkpoint), "pt") as f:
+        assert {UNET + ref.key for ref in weight_map.values()} <= set(f.keys()), "weight map keys not in checkpoint"
+        for name, ref in weight_map.items():
+            got = torch.from_numpy(numpy_helper.to_array(initializers[name]).copy()).double()
+            base = f.get_tensor(UNET + ref.key)
+            if ref.key in deltas:  # merged in float32 by the WebUI: equal up to rounding
+                want = base.double() + deltas[ref.key]
+                err = float((got - want).norm() / deltas[ref.key].norm())
+                if err > 1e-3:
+                    wrong[ref.key] = f"baked LoRA off by {err:.2e} of its change"
+            elif not torch.equal(got, base.to(getattr(torch, ref.dtype)).double()):
+                wrong[ref.key] = f"differs from the checkpoint by up to {float((got - base.double()).abs().max()):.3g}"
+    assert len(weight_map) > 0
+    return wrong

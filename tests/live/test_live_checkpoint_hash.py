@@ -7,65 +7,30 @@ the copy, its engine and the loaded checkpoint are put back afterwards.
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from live_lora import UNET
-from live_webui import PREFIX, STATIC_64, Webui, message
+from live_checkpoints import checkpoint_copy, replace_weights
+from live_webui import STATIC_64, Webui, message
 
 pytestmark = pytest.mark.live
 
 
 @pytest.fixture
-def checkpoint_copy(webui: Webui) -> Iterator[tuple[str, Path]]:
-    """A copy of the loaded checkpoint (and its yaml), loaded; the original is loaded again at the end."""
-    original = webui.loaded_checkpoint()
-    source = Path(original["filename"])
-    assert source.suffix == ".safetensors", "this test rewrites a .safetensors checkpoint"
-    name = f"{PREFIX}_hash_{secrets.token_hex(3)}"
-    target = source.with_name(name + source.suffix)
-    made = [target]
-    shutil.copyfile(source, target)
-    if source.with_suffix(".yaml").is_file():
-        made.append(target.with_suffix(".yaml"))
-        shutil.copyfile(source.with_suffix(".yaml"), made[-1])
-    try:
-        webui.load_checkpoint(name)
-        yield name, target
-    finally:
-        webui.load_checkpoint(original["model_name"])
-        for path in made:
-            path.unlink(missing_ok=True)
-        webui.post("/sdapi/v1/refresh-checkpoints")
+def copied(webui: Webui) -> Iterator[tuple[str, Path]]:
+    with checkpoint_copy(webui, "hash") as found:
+        yield found
 
 
-def _replace_weights(path: Path) -> None:
-    """Overwrite the checkpoint with other UNet weights under the same name (atomically, new mtime)."""
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(str(path))
-    gen = torch.Generator().manual_seed(7)
-    for key, t in tensors.items():
-        if key.startswith(UNET) and t.is_floating_point():
-            tensors[key] = (t.float() + 0.05 * torch.randn(t.shape, generator=gen)).to(t.dtype)
-    temp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temp))
-    os.replace(temp, path)
-
-
-def test_an_engine_of_a_replaced_checkpoint_is_never_used(webui: Webui, checkpoint_copy: tuple[str, Path]) -> None:
-    name, path = checkpoint_copy
+def test_an_engine_of_a_replaced_checkpoint_is_never_used(webui: Webui, copied: tuple[str, Path]) -> None:
+    name, path = copied
     entry = webui.build(STATIC_64)
     try:
         assert entry["checkpoint"] == name
         label = webui.engine_label(name)
-        _replace_weights(path)
+        replace_weights(path)
         others = [m["model_name"] for m in webui.checkpoints() if m["model_name"] != name]
         webui.load_checkpoint(others[0])  # the WebUI does not reload the file it has loaded: load another first
         webui.load_checkpoint(name)

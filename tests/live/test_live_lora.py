@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from live_lora import UNET, write_lora
-from live_webui import PREFIX, STATIC_64, Webui, built, engine_dir
+from live_lora import weights_differing, write_lora
+from live_webui import PREFIX, STATIC_64, Webui, built
 
 pytestmark = pytest.mark.live
 
@@ -71,42 +71,13 @@ def _prompt_lora_job(webui: Webui, lora: Lora) -> None:
     assert plain != with_lora, f"<lora:{lora.name}:1> did not change the image: the WebUI did not apply it"
 
 
-def _differences(webui: Webui, entry: dict, checkpoint: Path, deltas: dict[str, torch.Tensor]) -> dict[str, str]:
-    """Per UNet weight of the engine's ONNX that is not the checkpoint's (+ ``deltas``), how it differs."""
-    import onnx
-    from onnx import numpy_helper
-    from safetensors import safe_open
-
-    from trt_lib.export import load_weight_map
-
-    onnx_path = engine_dir(webui) / entry["onnx_file"]
-    assert onnx_path.is_file(), f"the engine's ONNX {onnx_path} is not on this machine (set WEBUI_ENGINE_DIR)"
-    weight_map = load_weight_map(onnx_path)
-    initializers = {t.name: t for t in onnx.load(str(onnx_path), load_external_data=True).graph.initializer}
-    wrong = {}
-    with safe_open(str(checkpoint), "pt") as f:
-        assert {UNET + ref.key for ref in weight_map.values()} <= set(f.keys()), "weight map keys not in checkpoint"
-        for name, ref in weight_map.items():
-            got = torch.from_numpy(numpy_helper.to_array(initializers[name]).copy()).double()
-            base = f.get_tensor(UNET + ref.key)
-            if ref.key in deltas:  # merged in float32 by the WebUI: equal up to rounding
-                want = base.double() + deltas[ref.key]
-                err = float((got - want).norm() / deltas[ref.key].norm())
-                if err > 1e-3:
-                    wrong[ref.key] = f"baked LoRA off by {err:.2e} of its change"
-            elif not torch.equal(got, base.to(getattr(torch, ref.dtype)).double()):
-                wrong[ref.key] = f"differs from the checkpoint by up to {float((got - base.double()).abs().max()):.3g}"
-    assert len(weight_map) > 0
-    return wrong
-
-
 def test_a_plain_engine_after_a_prompt_lora_job_holds_exactly_the_checkpoint(
         webui: Webui, checkpoint: Path, loras: tuple[Lora, Lora]) -> None:
     prompt_lora, _ = loras
     _prompt_lora_job(webui, prompt_lora)
     with built(webui, STATIC_64) as entry:
         assert entry["loras"] == []
-        wrong = _differences(webui, entry, checkpoint, {})
+        wrong = weights_differing(webui, entry, checkpoint, {})
     assert not wrong, (f"the plain engine holds {len(wrong)} weights that are not the checkpoint's (the prompt LoRA "
                        f"changes {len(prompt_lora.deltas)}): {dict(list(wrong.items())[:5])}")
 
@@ -117,5 +88,5 @@ def test_a_bake_after_a_prompt_lora_job_holds_the_checkpoint_plus_its_lora(
     _prompt_lora_job(webui, prompt_lora)
     with built(webui, STATIC_64, loras=[{"name": baked.name, "weight": 1.0}]) as entry:
         assert [lo["name"] for lo in entry["loras"]] == [baked.name]
-        wrong = _differences(webui, entry, checkpoint, baked.deltas)
+        wrong = weights_differing(webui, entry, checkpoint, baked.deltas)
     assert not wrong, f"{len(wrong)} weights of the baked engine are wrong: {dict(list(wrong.items())[:5])}"
