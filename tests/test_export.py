@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,28 @@ def test_weights_in_one_data_file_graph_small(tmp_path, tiny_unet):
     onnx.checker.check_model(str(path))
     (row,) = parity(path, tiny_unet("sd1"), family, CALLS[:1], dtype=torch.float32)
     assert row.finite and row.rel_error <= 1e-4
+
+
+@pytest.mark.parametrize(("name", "dtype", "controlnet"),
+                         [("sd2", torch.float16, False), ("sdxl", torch.float32, True)])
+def test_shape_inference_gets_no_weights_and_the_files_are_the_same(name, dtype, controlnet, tmp_path, monkeypatch):
+    """The exporter's whole-graph shape inference copies every weight it is given; it is given none, and the
+    export comes out byte for byte as with them."""
+    unet = make_unet(name, dtype=dtype)
+    pass_name = "_jit_pass_onnx_graph_shape_type_inference"
+    original = getattr(torch._C, pass_name)
+    given: list[int] = []
+
+    def spy(graph, params, opset):
+        given.append(len(params))
+        return original(graph, params, opset)
+
+    monkeypatch.setattr(torch._C, pass_name, spy)
+    export(unet, tmp_path / "without" / "unet.onnx", name, dtype=dtype, controlnet=controlnet)
+    assert given and set(given) == {0}
+    assert getattr(torch._C, pass_name) is spy  # put back afterwards
+    monkeypatch.setattr(export_mod, "_shape_inference_without_weights", contextlib.nullcontext)
+    export(unet, tmp_path / "with" / "unet.onnx", name, dtype=dtype, controlnet=controlnet)
+    assert max(given) > 0
+    for file in ("unet.onnx", "unet.onnx.data", "unet.weights.json"):
+        assert (tmp_path / "without" / file).read_bytes() == (tmp_path / "with" / file).read_bytes(), file

@@ -38,7 +38,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,14 +261,36 @@ def _torch_export(model: torch.nn.Module, family: Family, points: tuple[Residual
     names = family.engine_input_names(points)
     if points:
         model = ControlNetReady(model, len(points), "y" in family.input_names)
-    with warnings.catch_warnings():  # a warning per traced Python branch, and one for choosing this exporter
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with warnings.catch_warnings(), _shape_inference_without_weights():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # one per traced Python branch
+        warnings.simplefilter("ignore", DeprecationWarning)  # for choosing this exporter
         torch.onnx.export(
             model, tuple(inputs[n] for n in names), str(out), dynamo=False,
             input_names=list(names), output_names=[family.output_name],
             dynamic_axes=family.dynamic_axes(points), opset_version=opset,
             do_constant_folding=False, export_params=False, keep_initializers_as_inputs=True)
+
+
+@contextmanager
+def _shape_inference_without_weights() -> Iterator[None]:
+    """The exporter's whole-graph shape inference, given no weight values.
+
+    The TorchScript exporter runs ONNX shape inference over the whole graph twice, each time building an ONNX
+    model that holds a copy of every weight it is given, although shapes need none: the weights are graph
+    inputs with their shapes. Measured on real-size UNets (CPU, fp32): SD 1.5 export 23.0 s -> 13.2 s, SDXL
+    37 s of 52 s spent in those two passes; the exported files are byte for byte the same (tests compare
+    them). The pass is private to torch: where it is missing, the export runs as it is.
+    """
+    name = "_jit_pass_onnx_graph_shape_type_inference"
+    original = getattr(torch._C, name, None)
+    if original is None:
+        yield
+        return
+    setattr(torch._C, name, lambda graph, params, opset: original(graph, {}, opset))
+    try:
+        yield
+    finally:
+        setattr(torch._C, name, original)
 
 
 def _inputs_to_initializers(graph: onnx.GraphProto, input_names: Sequence[str]) -> None:
