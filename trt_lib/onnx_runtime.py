@@ -12,6 +12,7 @@ it named "ONNX Runtime", never TensorRT.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,13 @@ NAME = "onnxruntime"
 """What ``Runtime.backend`` calls this runtime; users see :data:`LABEL`."""
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+CUDA_MAX_ELEMENTS = 2**31 - 1
+"""ONNX Runtime's CUDA kernels index tensors with 32-bit integers: measured on an H200 (onnxruntime-gpu 1.31.1),
+an SD 1.5 export at 8 rows of 768x768 px (attention scores of 8 x 8 x 9216 x 9216 elements) ended in an illegal
+memory access that leaves the CUDA context broken. Calls whose scores could exceed this run on the CPU."""
+HEADS_BOUND = 10
+"""At least the attention heads of any family's first attention level (SD 1.x 8, SD 2.x 5, SDXL 10 at half
+size), for a bound on the scores' elements from the latent size alone."""
 
 
 def version() -> str:
@@ -65,13 +73,18 @@ class OnnxRuntimeRunner(EngineRunner):
         super().__init__(onnx_path, input_names, output_name, profiles)
         self._values: dict[str, np.ndarray] = {}
         self._names: set[str] | None = None
+        self._cpu_session: Any = None
         self._session = self._open(initializer_overrides or {})
         self._dtypes = {i.name: i.type for i in self._session.get_inputs()}
         device = "CUDA" if self._session.get_providers()[0] == CUDA else "CPU"
         self.runtime_name = f"ONNX Runtime (reference, {device})"
 
-    def _open(self, overrides: Mapping[str, np.ndarray]) -> Any:
-        """A session whose initializers are the file's, except ``overrides`` (added to earlier ones)."""
+    def _open(self, overrides: Mapping[str, np.ndarray], cpu: bool = False) -> Any:
+        """A session whose initializers are the file's, except ``overrides`` (added to earlier ones); on the
+        CPU provider when ``cpu`` or when any initializer is overridden: measured on an H200 (onnxruntime-gpu
+        1.31.1), the CUDA provider ran an export whose ``conv_out.weight`` was overridden 20 % off as if it
+        held the file's weight (relative error 1.8e-3; the CPU provider: 0.2), and overrides stand in for a
+        refit, which must never be silently lost."""
         import onnxruntime as ort
 
         values = {**self._values, **{name: np.ascontiguousarray(v) for name, v in overrides.items()}}
@@ -89,7 +102,8 @@ class OnnxRuntimeRunner(EngineRunner):
             # types a no-op fp16 Cast float). The extended ones stay off: they too bake file weights (measured).
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
-            session = ort.InferenceSession(str(self.path), options, providers=providers(),
+            session = ort.InferenceSession(str(self.path), options,
+                                           providers=[CPU] if cpu or values else providers(),
                                            disabled_optimizers=["ConstantFolding"] if values else [])
         except Exception as e:  # ORT raises its own untyped errors for unreadable files and unknown names
             raise EngineRunError(f"ONNX Runtime cannot load {self.path.name}: {e}") from e
@@ -103,6 +117,7 @@ class OnnxRuntimeRunner(EngineRunner):
         if unknown:
             raise EngineRunError(f"{self.path.name} has no weight {', '.join(unknown[:3])}")
         self._session = self._open(weights)
+        self._cpu_session = None
 
     @property
     def refitted(self) -> Mapping[str, np.ndarray]:
@@ -125,8 +140,19 @@ class OnnxRuntimeRunner(EngineRunner):
             tensor = feeds[name].detach()
             want = torch.float16 if self._dtypes[name] == "tensor(float16)" else torch.float32
             arrays[name] = tensor.to("cpu", want).contiguous().numpy()
-        (out,) = self._session.run([self.output_name], arrays)
+        (out,) = self._session_for(first.shape).run([self.output_name], arrays)
         return torch.from_numpy(out).to(first.device, first.dtype)
+
+    def _session_for(self, latent: torch.Size) -> Any:
+        """The session for a call of this latent shape: a CPU one where the CUDA kernels could overflow."""
+        rows, _, height, width = latent
+        if self._session.get_providers()[0] != CUDA or rows * HEADS_BOUND * (height * width) ** 2 <= CUDA_MAX_ELEMENTS:
+            return self._session
+        if self._cpu_session is None:
+            print(f"[TensorRT] ONNX Runtime (reference): {rows} rows of {width * 8}x{height * 8} px run on the CPU: "
+                  "larger than its CUDA kernels can take", file=sys.stderr)
+            self._cpu_session = self._open({}, cpu=True)
+        return self._cpu_session
 
 
 def reference_runner(store: EngineStore, entry: EngineEntry) -> OnnxRuntimeRunner:
