@@ -18,4 +18,4 @@ Heavy dependencies (onnx, onnxruntime, TensorRT) are imported only where used, s
 of them failed still starts.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

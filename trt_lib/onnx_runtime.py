@@ -3,11 +3,11 @@
 Chosen by the user (Settings → TensorRT → "Run engines with: ONNX Runtime (reference)"), never by itself: it
 lets the run-time path (provider, job check, LoRA refit, engine check) work where no TensorRT engine can run
 (no NVIDIA GPU, a GPU the installed TensorRT does not support), and gives an independent second opinion on
-an engine's ONNX. It checks, it does not speed up: expect no gain over the PyTorch UNet on CUDA (not
-measured yet: ``bench/check_bench.py``), far slower on the CPU. It uses ONNX Runtime's CUDA provider where
-``onnxruntime-gpu`` is installed and torch sees a GPU, else the CPU provider. It is the runtime the tests and
-benchmarks run engines with, since engines cannot execute on the machines that test this project. Users see
-it named "ONNX Runtime", never TensorRT.
+an engine's ONNX. It checks, it does not speed up: expect no gain over the PyTorch UNet on CUDA (an engine
+check of a real SD 1.5 took 2 s there on an H200, ``bench/check_bench.py``), far slower on the CPU. It uses
+ONNX Runtime's CUDA provider where ``onnxruntime-gpu`` is installed and torch sees a GPU, else the CPU
+provider. It is the runtime the tests and benchmarks run engines with, since engines cannot execute on the
+machines that test this project. Users see it named "ONNX Runtime", never TensorRT.
 """
 
 from __future__ import annotations
