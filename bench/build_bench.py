@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trt_lib.backends import get_backend  # noqa: E402
 from trt_lib.errors import BuildError  # noqa: E402
-from trt_lib.export import export_onnx  # noqa: E402
-from trt_lib.families import Family, get_family  # noqa: E402
-from trt_lib.pipeline import BuildRequest, build_stage, export_stage  # noqa: E402
-from trt_lib.profiles import CONTEXT_PER_CHUNK, Profile  # noqa: E402
-from trt_lib.store import EngineStore  # noqa: E402
+from trt_lib.export.onnx_export import export_onnx  # noqa: E402
+from trt_lib.jobs.pipeline import BuildRequest, build_stage, export_stage  # noqa: E402
+from trt_lib.model.families import Family, get_family  # noqa: E402
+from trt_lib.model.profiles import CONTEXT_PER_CHUNK, Profile  # noqa: E402
+from trt_lib.model.tiny_unets import make_unet  # noqa: E402
+from trt_lib.store.engine_store import EngineStore  # noqa: E402
 from trt_lib.table import print_table  # noqa: E402
-from trt_lib.tiny_unets import make_unet  # noqa: E402
 
 GB = 2**30
 BUILD_PRESET = {"sd1": "dynamic-512-768", "sdxl": "static-1024"}

@@ -1,7 +1,7 @@
 """Time the engine check on a real-size, random-weight UNet: its fp16 ONNX on ONNX Runtime (the reference
 runtime, CUDA provider with ``onnxruntime-gpu``) against the fp16 PyTorch UNet; print the per-shape table.
 
-Runs the product's comparison (:func:`trt_lib.engine_check.check_engine`) at the shapes a check of an engine
+Runs the product's comparison (:func:`trt_lib.engines.engine_check.check_engine`) at the shapes a check of an engine
 with this profile runs, plus, with ``--corrupted``, the same export with its output layer 20% off (fed to
 ONNX Runtime as a refit, i.e. initializer overrides) to show the check failing at full size.
 
@@ -23,13 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trt_lib.engine_check import check_engine, tolerance_for  # noqa: E402
-from trt_lib.export import export_onnx, load_weight_map  # noqa: E402
-from trt_lib.families import get_family  # noqa: E402
-from trt_lib.onnx_runtime import OnnxRuntimeRunner, providers  # noqa: E402
-from trt_lib.profiles import Profile  # noqa: E402
+from trt_lib.engines.engine_check import check_engine, tolerance_for  # noqa: E402
+from trt_lib.engines.onnx_runtime import OnnxRuntimeRunner, providers  # noqa: E402
+from trt_lib.export.onnx_export import export_onnx, load_weight_map  # noqa: E402
+from trt_lib.model.families import get_family  # noqa: E402
+from trt_lib.model.profiles import Profile  # noqa: E402
+from trt_lib.model.tiny_unets import make_unet  # noqa: E402
 from trt_lib.table import print_table  # noqa: E402
-from trt_lib.tiny_unets import make_unet  # noqa: E402
 
 PRESET = {"sd1": "dynamic-512-768", "sd2": "dynamic-512-768", "sdxl": "static-1024"}
 

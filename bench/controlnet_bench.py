@@ -2,7 +2,7 @@
 
 For one family's UNet (random weights; ``--size real`` gives the released architecture, e.g. SD 1.5), exports
 a plain and a ControlNet-ready ONNX, builds both with the chosen backend (TensorRT for RTX builds on the CPU for
-``--cc``; full TensorRT needs its GPU), then times UNet calls through :class:`trt_lib.unet_session.UnetSession`
+``--cc``; full TensorRT needs its GPU), then times UNet calls through :class:`trt_lib.engines.unet_session.UnetSession`
 with the tensors on the GPU and a runner whose engine work is nil (engines of TensorRT for RTX do not run on
 the benchmark GPUs, and the stand-in's ONNX Runtime on the CPU says nothing about an engine's speed): the host
 time our code spends per call (engine choice, zero residuals, feeds, profile check) for a plain engine, a
@@ -30,14 +30,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from trt_lib.backends import get_backend  # noqa: E402
-from trt_lib.export import export_onnx  # noqa: E402
-from trt_lib.families import get_family, unet_residual_points  # noqa: E402
-from trt_lib.profiles import Profile, UnetCall  # noqa: E402
-from trt_lib.runtime import EngineRunner  # noqa: E402
-from trt_lib.store import EngineEntry  # noqa: E402
+from trt_lib.engines.runtime import EngineRunner  # noqa: E402
+from trt_lib.engines.unet_session import UnetSession  # noqa: E402
+from trt_lib.export.onnx_export import export_onnx  # noqa: E402
+from trt_lib.model.families import get_family, unet_residual_points  # noqa: E402
+from trt_lib.model.profiles import Profile, UnetCall  # noqa: E402
+from trt_lib.model.tiny_unets import make_unet  # noqa: E402
+from trt_lib.store.engine_store import EngineEntry  # noqa: E402
 from trt_lib.table import print_table  # noqa: E402
-from trt_lib.tiny_unets import make_unet  # noqa: E402
-from trt_lib.unet_session import UnetSession  # noqa: E402
 
 
 def entry(family: str, profile: Profile, points: tuple) -> EngineEntry:

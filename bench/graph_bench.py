@@ -1,4 +1,4 @@
-"""What CUDA graph replay (trt_lib.cuda_graphs, used by the full TensorRT runner) saves per UNet call.
+"""What CUDA graph replay (trt_lib.engines.cuda_graphs, used by the full TensorRT runner) saves per UNet call.
 
 Engines cannot run on the benchmark GPUs, so the enqueued work here is the same UNet in PyTorch (fp16):
 the numbers show the launch time a graph removes and the cost of copying inputs into its buffers, not
@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trt_lib.cuda_graphs import GraphCache  # noqa: E402
-from trt_lib.families import get_family  # noqa: E402
+from trt_lib.engines.cuda_graphs import GraphCache  # noqa: E402
+from trt_lib.model.families import get_family  # noqa: E402
+from trt_lib.model.tiny_unets import make_unet  # noqa: E402
 from trt_lib.table import print_table  # noqa: E402
-from trt_lib.tiny_unets import make_unet  # noqa: E402
 
 
 def ms_per_call(fn: Callable[[], object], calls: int) -> float:

@@ -25,14 +25,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trt_lib.export import export_onnx  # noqa: E402
-from trt_lib.families import get_family  # noqa: E402
-from trt_lib.onnx_runtime import OnnxRuntimeRunner  # noqa: E402
-from trt_lib.profiles import Profile, UnetCall  # noqa: E402
-from trt_lib.store import EngineEntry  # noqa: E402
+from trt_lib.engines.onnx_runtime import OnnxRuntimeRunner  # noqa: E402
+from trt_lib.engines.unet_session import UnetSession  # noqa: E402
+from trt_lib.export.onnx_export import export_onnx  # noqa: E402
+from trt_lib.model.families import get_family  # noqa: E402
+from trt_lib.model.profiles import Profile, UnetCall  # noqa: E402
+from trt_lib.model.tiny_unets import make_unet  # noqa: E402
+from trt_lib.store.engine_store import EngineEntry  # noqa: E402
 from trt_lib.table import print_table  # noqa: E402
-from trt_lib.tiny_unets import make_unet  # noqa: E402
-from trt_lib.unet_session import UnetSession  # noqa: E402
 
 PROFILE = Profile.from_dict({"batch": [1, 1, 4], "height": [64, 64, 128], "width": [64, 64, 128],
                              "tokens": [75, 75, 150]})

@@ -12,7 +12,7 @@ The merge is the product's own: ``prompt_loras.merge`` over the WebUI stand-in (
 stand-in of the WebUI's built-in Lora extension (tests/webui_stub/lora, which mirrors the WebUI's merge),
 with the stand-in's ``devices`` set to the UNet's device and dtype as the WebUI's are (fp16 LoRA modules on
 the CPU, moved to the weights' device for each merge). UNets are real-size random-weight diffusers UNets
-(``trt_lib.tiny_unets``), LoRAs are kohya-format files (``tests/lora_files.make_lora``) of rank 32, A and B
+(``trt_lib.model.tiny_unets``), LoRAs are kohya-format files (``tests/lora_files.make_lora``) of rank 32, A and B
 with the same layers and other values, switched base -> A -> B -> base:
 
 * ``lora``: every Linear / 1x1 Conv2d of the transformer blocks (attn1/attn2 to_q, to_k, to_v, to_out, ff,
@@ -22,7 +22,7 @@ with the same layers and other values, switched base -> A -> B -> base:
 
 Weight map: by default built from the UNet's ``state_dict`` (initializer name = ``state_dict`` key, dtype
 and shape of the tensor) instead of exporting real-size UNets (25-40 s each). That is the export's map by
-construction: ``trt_lib.export._weight_map`` keeps only initializers whose name is a ``state_dict`` key and
+construction: ``trt_lib.export.onnx_export._weight_map`` keeps only initializers whose name is a ``state_dict`` key and
 records ``WeightRef(tensor.name, ...)`` for them, with the export dtype (the UNet's here) and the parameter's
 shape (it refuses reshaped ones), and the export names every parameter by its key (no constant folding,
 ``keep_initializers_as_inputs``). ``--weight-map export`` exports instead and checks that both maps are
@@ -50,12 +50,12 @@ ROOT = Path(__file__).resolve().parent.parent
 for folder in (ROOT, ROOT / "tests" / "webui_stub", ROOT / "tests" / "webui_stub" / "lora", ROOT / "tests"):
     sys.path.insert(0, str(folder))
 
-from trt_lib.export import WeightRef, export_onnx, load_weight_map  # noqa: E402
-from trt_lib.families import Family, get_family  # noqa: E402
-from trt_lib.lora_refit import LoraRefitter, LoraUse, lora_key, parameter_keys  # noqa: E402
-from trt_lib.store import EngineEntry  # noqa: E402
+from trt_lib.engines.lora_refit import LoraRefitter, LoraUse, lora_key, parameter_keys  # noqa: E402
+from trt_lib.export.onnx_export import WeightRef, export_onnx, load_weight_map  # noqa: E402
+from trt_lib.model.families import Family, get_family  # noqa: E402
+from trt_lib.model.tiny_unets import make_unet  # noqa: E402
+from trt_lib.store.engine_store import EngineEntry  # noqa: E402
 from trt_lib.table import print_table  # noqa: E402
-from trt_lib.tiny_unets import make_unet  # noqa: E402
 
 TARGET_S = {"sd1": 2.0, "sdxl": 5.0}
 ATTENTION_BLOCKS = ("Transformer2DModel",)

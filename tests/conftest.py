@@ -1,7 +1,7 @@
 """Shared, session-cached test helpers: tiny UNets and their ONNX exports are made once per test run.
 
 Both return shared objects: do not modify a cached UNet or ONNX file in a test (make your own with
-``trt_lib.tiny_unets.make_unet`` / ``trt_lib.export.export_onnx`` when a test changes them).
+``trt_lib.model.tiny_unets.make_unet`` / ``trt_lib.export.onnx_export.export_onnx`` when a test changes them).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trt_lib.families import get_family
-from trt_lib.tiny_unets import WebuiUnet, make_unet
+from trt_lib.model.families import get_family
+from trt_lib.model.tiny_unets import WebuiUnet, make_unet
 
 # The test models are tiny: extra intra-op threads only spin and wait (2-5x slower on a busy 2-core machine).
 torch.set_num_threads(1)
@@ -58,7 +58,7 @@ def tiny_unet() -> Callable[[str], WebuiUnet]:
 def exported_onnx(tiny_unet, tmp_path_factory) -> Callable[[str, torch.dtype], Path]:
     """``exported_onnx("sdxl", torch.float16)``: path of ``tiny_unet(name)`` exported, with its weight map
     beside it."""
-    from trt_lib.export import export_onnx
+    from trt_lib.export.onnx_export import export_onnx
 
     folder = tmp_path_factory.mktemp("onnx")
     cache: dict[tuple[str, torch.dtype], Path] = {}

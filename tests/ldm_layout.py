@@ -3,7 +3,7 @@
 The WebUI loads ldm/sgm ``UNetModel`` s (``input_blocks``, ``middle_block``, ``output_blocks``, ``out``,
 ``time_embed``, ``label_emb``), and the ControlNet extension runs their loop itself. :class:`LdmView` arranges a
 diffusers UNet's own submodules (the same weights) the way ldm's ``openaimodel.UNetModel`` does, so tests can
-run ControlNet's loop and the ldm path of :class:`trt_lib.controlnet_export.ControlNetReady` on real UNets.
+run ControlNet's loop and the ldm path of :class:`trt_lib.export.controlnet_export.ControlNetReady` on real UNets.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from trt_lib.attention_upcast import upcast_attention_scores
-from trt_lib.families import get_family
-from trt_lib.profiles import Profile
+from trt_lib.export.attention_upcast import upcast_attention_scores
+from trt_lib.model.families import get_family
+from trt_lib.model.profiles import Profile
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 

@@ -18,8 +18,8 @@ import torch
 from trt_lib.backends import BACKENDS, available_backends, get_backend
 from trt_lib.backends.trt10 import BuildReport, PhaseTracker
 from trt_lib.errors import BackendUnavailableError, BuildCancelled, BuildError, EngineRunError, TrtError
-from trt_lib.families import get_family
-from trt_lib.profiles import Profile
+from trt_lib.model.families import get_family
+from trt_lib.model.profiles import Profile
 
 pytest.importorskip("tensorrt_rtx")
 RTX = get_backend("tensorrt_rtx")

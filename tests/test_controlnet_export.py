@@ -15,10 +15,10 @@ import torch
 from ldm_layout import LdmView, controlnet_unet_loop
 
 from trt_lib.errors import FamilyError
-from trt_lib.export import export_onnx, load_weight_map
-from trt_lib.families import ResidualPoint, get_family, load_families, unet_residual_points
-from trt_lib.profiles import Profile, UnetCall
-from trt_lib.tiny_unets import WebuiUnet, unet_config
+from trt_lib.export.onnx_export import export_onnx, load_weight_map
+from trt_lib.model.families import ResidualPoint, get_family, load_families, unet_residual_points
+from trt_lib.model.profiles import Profile, UnetCall
+from trt_lib.model.tiny_unets import WebuiUnet, unet_config
 
 CALLS = (
     UnetCall(2, 8, 8, 77),    # batch 2 (cond and uncond)
@@ -161,7 +161,7 @@ def test_tensorrt_rtx_builds_a_controlnet_ready_engine(name, tiny_unet, tmp_path
 def test_a_family_file_without_controlnet_data_loads_and_refuses_controlnet(tiny_unet):
     import json
 
-    from trt_lib.families import FAMILIES_DIR, Family
+    from trt_lib.model.families import FAMILIES_DIR, Family
 
     data = json.loads((FAMILIES_DIR / "sd1.json").read_text(encoding="utf-8"))
     del data["controlnet"]

@@ -9,15 +9,15 @@ import pytest
 import torch
 from ldm_layout import LdmView, controlnet_unet_loop
 
+from trt_lib.engines.matching import choose
+from trt_lib.engines.onnx_runtime import reference_runner
+from trt_lib.engines.runtime import EngineRunner
+from trt_lib.engines.unet_session import UnetSession
 from trt_lib.errors import EngineRunError, NoProfileError, StoreError
-from trt_lib.families import get_family
-from trt_lib.matching import choose
-from trt_lib.onnx_runtime import reference_runner
-from trt_lib.pipeline import BuildRequest, build_engine
-from trt_lib.profiles import Profile, UnetCall
-from trt_lib.runtime import EngineRunner
-from trt_lib.store import EngineEntry, EngineStore
-from trt_lib.unet_session import UnetSession
+from trt_lib.jobs.pipeline import BuildRequest, build_engine
+from trt_lib.model.families import get_family
+from trt_lib.model.profiles import Profile, UnetCall
+from trt_lib.store.engine_store import EngineEntry, EngineStore
 
 pytest.importorskip("tensorrt_rtx")
 PROFILE = Profile.from_dict({"batch": [1, 1, 1], "height": [64, 64, 128], "width": [64, 64, 64],

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trt_lib.cuda_graphs import GraphCache
-from trt_lib.families import get_family
-from trt_lib.tiny_unets import make_unet
+from trt_lib.engines.cuda_graphs import GraphCache
+from trt_lib.model.families import get_family
+from trt_lib.model.tiny_unets import make_unet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 SD1 = get_family("sd1")

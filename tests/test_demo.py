@@ -9,7 +9,7 @@ import pytest
 
 from trt_lib.__main__ import main
 from trt_lib.backends.trt10 import gpu_capability
-from trt_lib.store import EngineStore
+from trt_lib.store.engine_store import EngineStore
 
 pytest.importorskip("tensorrt_rtx")
 

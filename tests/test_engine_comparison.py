@@ -9,10 +9,10 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from trt_lib.engine_check import TOLERANCES, check_engine, check_shapes, compare, tolerance_for
-from trt_lib.families import get_family
-from trt_lib.onnx_runtime import OnnxRuntimeRunner
-from trt_lib.profiles import Profile
+from trt_lib.engines.engine_check import TOLERANCES, check_engine, check_shapes, compare, tolerance_for
+from trt_lib.engines.onnx_runtime import OnnxRuntimeRunner
+from trt_lib.model.families import get_family
+from trt_lib.model.profiles import Profile
 
 DYNAMIC = Profile.from_dict({"batch": [1, 1, 2], "height": [64, 64, 128], "width": [64, 128, 128],
                              "tokens": [75, 75, 150]})

@@ -11,12 +11,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from trt_lib import export as export_mod
 from trt_lib.errors import BuildCancelled, ExportError
-from trt_lib.export import ExportReport, export_onnx, initializer_values, load_weight_map, parity
-from trt_lib.families import detect_family, get_family, load_families, unet_traits
-from trt_lib.profiles import UnetCall
-from trt_lib.tiny_unets import WebuiUnet, make_unet, unet_config
+from trt_lib.export import onnx_export as export_mod
+from trt_lib.export.onnx_export import ExportReport, export_onnx, initializer_values, load_weight_map, parity
+from trt_lib.model.families import detect_family, get_family, load_families, unet_traits
+from trt_lib.model.profiles import UnetCall
+from trt_lib.model.tiny_unets import WebuiUnet, make_unet, unet_config
 
 FAMILIES = sorted(load_families())
 CALLS = (

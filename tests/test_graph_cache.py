@@ -12,14 +12,14 @@ import onnx
 import pytest
 import torch
 
-from trt_lib import export as export_mod
-from trt_lib import graph_cache
-from trt_lib.export import export_onnx, parity
-from trt_lib.families import ResidualPoint, get_family
-from trt_lib.pipeline import BuildRequest, export_stage, graph_cache_folder
-from trt_lib.profiles import UnetCall
-from trt_lib.store import EngineStore
-from trt_lib.tiny_unets import make_unet
+from trt_lib.export import graph_cache
+from trt_lib.export import onnx_export as export_mod
+from trt_lib.export.onnx_export import export_onnx, parity
+from trt_lib.jobs.pipeline import BuildRequest, export_stage, graph_cache_folder
+from trt_lib.model.families import ResidualPoint, get_family
+from trt_lib.model.profiles import UnetCall
+from trt_lib.model.tiny_unets import make_unet
+from trt_lib.store.engine_store import EngineStore
 
 FILES = ("unet.onnx", "unet.onnx.data", "unet.weights.json")
 
@@ -156,9 +156,10 @@ def test_code_hash_does_not_depend_on_reference_counts():
 
 def test_fingerprint_is_the_same_in_other_processes():
     """Kept graphs outlive the WebUI process: the fingerprint must not depend on the string hash seed."""
-    script = ("import torch; from trt_lib.graph_cache import trace_fingerprint; from trt_lib.families import "
-              "get_family; from trt_lib.tiny_unets import make_unet; print(trace_fingerprint(make_unet('sd1'), "
-              "get_family('sd1'), torch.float32, 17, (), torch.device('cpu')))")
+    script = ("import torch; from trt_lib.export.graph_cache import trace_fingerprint; "
+              "from trt_lib.model.families import get_family; from trt_lib.model.tiny_unets import make_unet; "
+              "print(trace_fingerprint(make_unet('sd1'), get_family('sd1'), torch.float32, 17, (), "
+              "torch.device('cpu')))")
     root = Path(__file__).resolve().parent.parent
     found = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root,
                             env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}).stdout.strip()

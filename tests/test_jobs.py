@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from trt_lib.errors import BuildCancelled, BuildError
-from trt_lib.jobs import Job, JobQueue
+from trt_lib.jobs.job_queue import Job, JobQueue
 
 
 def test_jobs_run_one_at_a_time_in_order_with_progress():

@@ -12,9 +12,7 @@ from lora_files import kohya_key, layer_names, make_lora, merged_by_hand
 from onnx import load as load_model
 from onnx import numpy_helper
 
-from trt_lib.export import load_weight_map
-from trt_lib.families import get_family
-from trt_lib.lora_refit import (
+from trt_lib.engines.lora_refit import (
     LoraRefitter,
     LoraUse,
     MergedWeights,
@@ -24,9 +22,11 @@ from trt_lib.lora_refit import (
     refit_arrays,
     state_digest,
 )
-from trt_lib.onnx_runtime import OnnxRuntimeRunner
-from trt_lib.profiles import Profile
-from trt_lib.store import EngineEntry
+from trt_lib.engines.onnx_runtime import OnnxRuntimeRunner
+from trt_lib.export.onnx_export import load_weight_map
+from trt_lib.model.families import get_family
+from trt_lib.model.profiles import Profile
+from trt_lib.store.engine_store import EngineEntry
 
 PROFILE = Profile.from_dict({"batch": [1, 1, 2], "height": [64, 64, 64], "width": [64, 64, 64], "tokens": [75, 75, 75]})
 

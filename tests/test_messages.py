@@ -12,12 +12,12 @@ import re
 import pytest
 
 from trt_lib.backends import get_backend
+from trt_lib.engines.matching import need, plan
 from trt_lib.errors import EngineRunError, NoProfileError
-from trt_lib.families import get_family
-from trt_lib.job_shapes import JobSpec, Pass, call_sources, unet_calls
-from trt_lib.matching import need, plan
-from trt_lib.profiles import Profile, UnetCall
-from trt_lib.store import EngineEntry
+from trt_lib.model.families import get_family
+from trt_lib.model.job_shapes import JobSpec, Pass, call_sources, unet_calls
+from trt_lib.model.profiles import Profile, UnetCall
+from trt_lib.store.engine_store import EngineEntry
 
 SD1 = get_family("sd1")
 STATIC = Profile.static(1, 512, 512)

@@ -9,12 +9,12 @@ import threading
 import pytest
 import torch
 
+from trt_lib.engines.onnx_runtime import reference_runner
 from trt_lib.errors import BuildCancelled, BuildError, EngineRunError, ExportError
-from trt_lib.families import get_family, load_families
-from trt_lib.onnx_runtime import reference_runner
-from trt_lib.pipeline import BuildRequest, build_engine, export_stage
-from trt_lib.profiles import Profile, UnetCall, context_len
-from trt_lib.store import EngineStore
+from trt_lib.jobs.pipeline import BuildRequest, build_engine, export_stage
+from trt_lib.model.families import get_family, load_families
+from trt_lib.model.profiles import Profile, UnetCall, context_len
+from trt_lib.store.engine_store import EngineStore
 
 pytest.importorskip("tensorrt_rtx")
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from trt_lib.engines.matching import choose, covering_profile, plan
 from trt_lib.errors import FamilyError, NoProfileError, ProfileError
-from trt_lib.families import UnetTraits, detect_family, get_family, load_families
-from trt_lib.job_shapes import JobSpec, Pass, unet_calls
-from trt_lib.matching import choose, covering_profile, plan
-from trt_lib.profiles import Profile, Range, UnetCall
-from trt_lib.store import EngineEntry
+from trt_lib.model.families import UnetTraits, detect_family, get_family, load_families
+from trt_lib.model.job_shapes import JobSpec, Pass, unet_calls
+from trt_lib.model.profiles import Profile, Range, UnetCall
+from trt_lib.store.engine_store import EngineEntry
 
 SD1 = get_family("sd1")
 SDXL = get_family("sdxl")

@@ -10,12 +10,12 @@ import torch
 from onnx import load as load_model
 from onnx import numpy_helper
 
-from trt_lib import onnx_runtime
-from trt_lib.export import initializer_values, load_weight_map
-from trt_lib.families import get_family
-from trt_lib.onnx_runtime import OnnxRuntimeRunner
-from trt_lib.profiles import Profile
-from trt_lib.tiny_unets import make_unet
+from trt_lib.engines import onnx_runtime
+from trt_lib.engines.onnx_runtime import OnnxRuntimeRunner
+from trt_lib.export.onnx_export import initializer_values, load_weight_map
+from trt_lib.model.families import get_family
+from trt_lib.model.profiles import Profile
+from trt_lib.model.tiny_unets import make_unet
 
 PROFILE = Profile.from_dict({"batch": [1, 1, 2], "height": [64, 64, 64], "width": [64, 64, 64], "tokens": [75, 75, 75]})
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from trt_lib.errors import StoreError, UnsafeNameError
-from trt_lib.names import check_id, file_stem, inside
-from trt_lib.profiles import Profile
-from trt_lib.store import EngineEntry, EngineStore, Runtime, partial_path
+from trt_lib.model.profiles import Profile
+from trt_lib.store.engine_store import EngineEntry, EngineStore, Runtime, partial_path
+from trt_lib.store.names import check_id, file_stem, inside
 
 PROFILE = Profile.static(1, 512, 512).to_dict()
 
@@ -240,10 +240,10 @@ def test_an_entry_pointing_outside_the_folder_is_reported_and_deleted_alone(tmp_
 
 @pytest.mark.catalogue("files")
 def test_a_failed_record_leaves_no_engine_file_behind(tmp_path, monkeypatch):
-    from trt_lib import pipeline
-    from trt_lib.families import get_family
-    from trt_lib.pipeline import BuildRequest, build_stage, export_stage
-    from trt_lib.tiny_unets import make_unet
+    from trt_lib.jobs import pipeline
+    from trt_lib.jobs.pipeline import BuildRequest, build_stage, export_stage
+    from trt_lib.model.families import get_family
+    from trt_lib.model.tiny_unets import make_unet
 
     store = EngineStore(tmp_path)
     family = get_family("sd1")

@@ -1,18 +1,19 @@
 """trt_lib: export Stable Diffusion UNets to ONNX, build TensorRT engines with shape profiles, keep them in a
 store, and run them in place of the PyTorch UNet. Imports and is tested without the WebUI and without a GPU.
 
-Modules, in the order data flows:
+Packages, in the order data flows:
 
-- :mod:`trt_lib.families` — model families (SD 1.x, SD 2.x, SDXL, ...) read from ``models/families/*.json``
-- :mod:`trt_lib.profiles` — shape profiles (batch, width, height, prompt tokens) and their validation
-- :mod:`trt_lib.job_shapes` — every UNet call shape a WebUI job produces
-- :mod:`trt_lib.export` — UNet → ONNX, with a parity check against PyTorch
-- :mod:`trt_lib.backends` — ONNX → engine with TensorRT or TensorRT for RTX; the real runtime
-- :mod:`trt_lib.store` — engine files and their manifest
-- :mod:`trt_lib.pipeline` — export + build + record, the entry point for building
-- :mod:`trt_lib.matching` — which engine and profile serve a call, or why none does
-- :mod:`trt_lib.unet_session` — runs UNet calls on a checkpoint's engines
-- :mod:`trt_lib.onnx_runtime` — the reference runtime: an engine's ONNX on ONNX Runtime (a user choice)
+- :mod:`trt_lib.model` — model families (``models/families/*.json``), shape profiles, a WebUI job's call shapes,
+  random-weight UNets for tests and benchmarks
+- :mod:`trt_lib.export` — UNet → ONNX (:mod:`~trt_lib.export.onnx_export`), fp32 attention scores, ControlNet
+  residual inputs, traced graphs kept for the next checkpoint
+- :mod:`trt_lib.backends` — ONNX → engine with TensorRT or TensorRT for RTX (in a child process); the real runtime
+- :mod:`trt_lib.store` — engine files, their manifest and names
+- :mod:`trt_lib.jobs` — the build queue (progress, cancel) and the export + build + record pipeline
+- :mod:`trt_lib.engines` — running engines: the runner interface, which engine serves a call, a checkpoint's
+  session, the reference runtime (ONNX Runtime, a user choice), CUDA graphs, LoRA refit, the engine check
+
+Beside them: ``errors``, ``install_plan`` (what install.py installs), ``table`` and ``__main__`` (the demo).
 
 Heavy dependencies (onnx, onnxruntime, TensorRT) are imported only where used, so a WebUI whose install
 of them failed still starts.

@@ -16,13 +16,13 @@ import torch
 
 from .backends import get_backend
 from .backends.trt10 import gpu_capability
-from .families import get_family
-from .onnx_runtime import reference_runner
-from .pipeline import BuildRequest, build_engine
-from .profiles import Profile, UnetCall, context_len
-from .store import EngineStore
+from .engines.onnx_runtime import reference_runner
+from .jobs.pipeline import BuildRequest, build_engine
+from .model.families import get_family
+from .model.profiles import Profile, UnetCall, context_len
+from .model.tiny_unets import make_unet
+from .store.engine_store import EngineStore
 from .table import print_table
-from .tiny_unets import make_unet
 
 DEMO_PROFILE = {"batch": [1, 1, 2], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 150]}
 DEMO_CALLS = ((1, 64, 64, 75), (1, 128, 64, 150), (2, 128, 128, 75))

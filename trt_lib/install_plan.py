@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .store import atomic_write_text
+from .store.engine_store import atomic_write_text
 
 BACKEND_LABELS = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT for RTX"}
 BACKEND_ENV = "SD_WEBUI_TRT_BACKEND"

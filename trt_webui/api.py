@@ -17,7 +17,7 @@ from modules import shared_items
 from pydantic import BaseModel, Extra, Field
 
 from trt_lib.errors import TrtError
-from trt_lib.profiles import Profile
+from trt_lib.model.profiles import Profile
 
 from . import engine_check, loaded_model
 from .extension import EXT

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from modules import extensions, processing, script_loading, sd_unet
 
+from trt_lib.engines.matching import no_controlnet_engine
 from trt_lib.errors import NoProfileError, TrtError
-from trt_lib.families import ResidualPoint
-from trt_lib.matching import no_controlnet_engine
+from trt_lib.model.families import ResidualPoint
 
 from .provider import TrtUnet, for_api
 

@@ -1,5 +1,5 @@
 """Check engine (the tab's button and ``POST /tensorrt/v1/engines/{id}/check``): one engine against the loaded
-PyTorch UNet it was built from, with :func:`trt_lib.engine_check.check_engine`; the report goes into the
+PyTorch UNet it was built from, with :func:`trt_lib.engines.engine_check.check_engine`; the report goes into the
 engine's manifest entry and the engine list.
 
 The PyTorch side runs as sampling would run it, under the WebUI's queue lock and only for as long as it
@@ -19,10 +19,10 @@ from contextlib import contextmanager, nullcontext
 import torch
 from modules import call_queue, devices, sd_unet, shared
 
-from trt_lib.engine_check import CheckReport, Feeds, Progress, UnetFn, check_engine, tolerance_for
+from trt_lib.engines.engine_check import CheckReport, Feeds, Progress, UnetFn, check_engine, tolerance_for
 from trt_lib.errors import TrtError
-from trt_lib.families import Family, get_family
-from trt_lib.store import EngineEntry
+from trt_lib.model.families import Family, get_family
+from trt_lib.store.engine_store import EngineEntry
 
 from . import loaded_model, lora_bake
 from .extension import EXT

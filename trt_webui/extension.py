@@ -14,15 +14,15 @@ from modules import call_queue, devices, sd_unet, shared
 
 from trt_lib.backends import get_backend
 from trt_lib.backends.trt10 import gpu_capability
+from trt_lib.engines.onnx_runtime import reference_runner
+from trt_lib.engines.runtime import EngineRunner
+from trt_lib.engines.unet_session import UnetSession
 from trt_lib.errors import BackendUnavailableError, TrtError
-from trt_lib.families import Family, get_family
-from trt_lib.jobs import Job, JobQueue
-from trt_lib.onnx_runtime import reference_runner
-from trt_lib.pipeline import BuildRequest, build_stage, export_stage
-from trt_lib.profiles import Profile
-from trt_lib.runtime import EngineRunner
-from trt_lib.store import EngineEntry, EngineStore, Problem, Runtime, checkpoint_changed
-from trt_lib.unet_session import UnetSession
+from trt_lib.jobs.job_queue import Job, JobQueue
+from trt_lib.jobs.pipeline import BuildRequest, build_stage, export_stage
+from trt_lib.model.families import Family, get_family
+from trt_lib.model.profiles import Profile
+from trt_lib.store.engine_store import EngineEntry, EngineStore, Problem, Runtime, checkpoint_changed
 
 from . import loaded_model, lora_bake, prompt_loras, reference_runtime, settings
 from .provider import LABEL_PREFIX, CheckpointMismatchError, OptionCache

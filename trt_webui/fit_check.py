@@ -7,10 +7,10 @@ from typing import Any
 
 from modules import shared
 
+from trt_lib.engines.matching import plan
 from trt_lib.errors import NoProfileError
-from trt_lib.job_shapes import JobSpec, Pass, call_sources, unet_calls
-from trt_lib.matching import plan
-from trt_lib.profiles import TOKENS_PER_CHUNK
+from trt_lib.model.job_shapes import JobSpec, Pass, call_sources, unet_calls
+from trt_lib.model.profiles import TOKENS_PER_CHUNK
 
 from . import loaded_model
 from .extension import EXT

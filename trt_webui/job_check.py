@@ -15,11 +15,11 @@ from typing import Any
 
 from modules import sd_unet, shared
 
+from trt_lib.engines.lora_refit import describe, key_of_entries
+from trt_lib.engines.matching import plan
 from trt_lib.errors import NoProfileError, TrtError
-from trt_lib.job_shapes import JobSpec, Pass, call_sources, unet_calls
-from trt_lib.lora_refit import describe, key_of_entries
-from trt_lib.matching import plan
-from trt_lib.profiles import TOKENS_PER_CHUNK, tokens_for_context
+from trt_lib.model.job_shapes import JobSpec, Pass, call_sources, unet_calls
+from trt_lib.model.profiles import TOKENS_PER_CHUNK, tokens_for_context
 
 from . import controlnet, loaded_model, prompt_loras, reference_runtime, settings
 from .provider import TrtUnet, checkpoint_mismatch, for_api

@@ -12,7 +12,7 @@ import torch
 from modules import devices, hashes, sd_hijack, sd_models, sd_unet, shared
 
 from trt_lib.errors import FamilyError, TrtError
-from trt_lib.families import Family, detect_family, unet_traits
+from trt_lib.model.families import Family, detect_family, unet_traits
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from trt_lib.engines.lora_refit import LoraError, LoraKey, describe, key_of_entries, state_digest
 from trt_lib.errors import TrtError
-from trt_lib.lora_refit import LoraError, LoraKey, describe, key_of_entries, state_digest
 
 MERGED_TYPES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.MultiheadAttention)
 """The layer types whose forward the WebUI patches to call ``network_apply_weights``."""

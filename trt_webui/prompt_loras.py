@@ -4,7 +4,7 @@ With an engine active the PyTorch UNet never runs, so the WebUI's LoRA merge (do
 forward) never reaches the UNet. The WebUI has parsed the prompt and loaded the networks by the time
 sampling starts; this module reads that set, merges it for a moment on the CPU copy of the UNet, and refits
 the engines with the changed weights (once per change of set). An engine that cannot take it raises
-:class:`~trt_lib.lora_refit.UncoveredLoraError`, which the job check turns into a rejection or a fallback.
+:class:`~trt_lib.engines.lora_refit.UncoveredLoraError`, which the job check turns into a rejection or a fallback.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Any
 
 from modules import shared
 
-from trt_lib.export import load_weight_map
-from trt_lib.lora_refit import (
+from trt_lib.engines.lora_refit import (
     LoraKey,
     LoraRefitter,
     LoraUse,
@@ -26,8 +25,9 @@ from trt_lib.lora_refit import (
     lora_key,
     parameter_keys,
 )
-from trt_lib.store import EngineStore
-from trt_lib.unet_session import UnetSession
+from trt_lib.engines.unet_session import UnetSession
+from trt_lib.export.onnx_export import load_weight_map
+from trt_lib.store.engine_store import EngineStore
 
 from .lora_bake import merged, networks
 

@@ -19,9 +19,9 @@ import torch
 from fastapi.exceptions import HTTPException
 from modules import devices, sd_unet, shared
 
+from trt_lib.engines.lora_refit import LoraKey, UncoveredLoraError
+from trt_lib.engines.unet_session import UnetSession
 from trt_lib.errors import NoProfileError, TrtError
-from trt_lib.lora_refit import LoraKey, UncoveredLoraError
-from trt_lib.unet_session import UnetSession
 
 from . import loaded_model, prompt_loras, settings
 

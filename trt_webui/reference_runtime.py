@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from trt_lib import onnx_runtime
+from trt_lib.engines import onnx_runtime
+from trt_lib.engines.unet_session import UnetSession
 from trt_lib.errors import BackendUnavailableError
-from trt_lib.store import Runtime
-from trt_lib.unet_session import UnetSession
+from trt_lib.store.engine_store import Runtime
 
 from . import settings
 

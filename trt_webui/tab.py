@@ -15,8 +15,8 @@ from modules import shared
 
 from trt_lib.errors import TrtError
 from trt_lib.install_plan import BACKEND_LABELS, InstallStatus, backend_note
-from trt_lib.jobs import Job
-from trt_lib.profiles import DIMENSIONS, Profile
+from trt_lib.jobs.job_queue import Job
+from trt_lib.model.profiles import DIMENSIONS, Profile
 
 from . import engine_check, loaded_model, lora_bake, reference_runtime, settings
 from .extension import EXT

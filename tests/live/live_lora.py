@@ -54,7 +54,7 @@ def weights_differing(webui: Webui, entry: dict, checkpoint: Path, deltas: dict[
     from onnx import numpy_helper
     from safetensors import safe_open
 
-    from trt_lib.export import load_weight_map
+    from trt_lib.export.onnx_export import load_weight_map
 
     onnx_path = engine_dir(webui) / entry["onnx_file"]
     assert onnx_path.is_file(), f"the engine's ONNX {onnx_path} is not on this machine (set WEBUI_ENGINE_DIR)"

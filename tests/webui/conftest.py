@@ -30,11 +30,11 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # trt_lib for the tests' own use (tiny UNets, exports, the store)
 
 from tests import lora_files  # noqa: E402
-from trt_lib.families import get_family  # noqa: E402
-from trt_lib.onnx_runtime import reference_runner  # noqa: E402
-from trt_lib.profiles import Profile  # noqa: E402
-from trt_lib.store import EngineEntry, Runtime  # noqa: E402
-from trt_lib.tiny_unets import make_unet  # noqa: E402
+from trt_lib.engines.onnx_runtime import reference_runner  # noqa: E402
+from trt_lib.model.families import get_family  # noqa: E402
+from trt_lib.model.profiles import Profile  # noqa: E402
+from trt_lib.model.tiny_unets import make_unet  # noqa: E402
+from trt_lib.store.engine_store import EngineEntry, Runtime  # noqa: E402
 
 STAND_IN = Runtime("tensorrt", "stand-in", None)
 """What the patched runtime check reports; the registered entries carry the same backend and version."""

@@ -9,7 +9,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from trt_lib.tiny_unets import make_unet
+from trt_lib.model.tiny_unets import make_unet
 
 SMALL = {"batch": [1, 1, 2], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 75]}
 

@@ -14,13 +14,13 @@ from fastapi.testclient import TestClient
 from ldm_layout import LdmView
 
 from conftest import STAND_IN
+from trt_lib.engines.onnx_runtime import reference_runner
 from trt_lib.errors import NoProfileError
-from trt_lib.export import export_onnx
-from trt_lib.families import get_family
-from trt_lib.onnx_runtime import reference_runner
-from trt_lib.profiles import Profile
-from trt_lib.store import EngineEntry
-from trt_lib.tiny_unets import make_unet
+from trt_lib.export.onnx_export import export_onnx
+from trt_lib.model.families import get_family
+from trt_lib.model.profiles import Profile
+from trt_lib.model.tiny_unets import make_unet
+from trt_lib.store.engine_store import EngineEntry
 
 pytest.importorskip("tensorrt_rtx")
 

@@ -48,7 +48,7 @@ def test_pytorch_runs_under_the_queue_lock_and_the_active_engine_is_left_as_it_w
     sd1.txt2img(prompt="a cat", steps=1)  # Automatic: the engine is active, the PyTorch UNet on the CPU
     active, unet = sd1.sd_unet.current_unet, sd1.unet()
     assert active is not None and active.option.label == "[ORT] sd15"
-    provider, ort = sd1.module("trt_webui.provider"), sd1.module("trt_lib.onnx_runtime")
+    provider, ort = sd1.module("trt_webui.provider"), sd1.module("trt_lib.engines.onnx_runtime")
     seen = {"pytorch": [], "engine": [], "active engine": 0}
     unet.conv_in.register_forward_hook(lambda *_: seen["pytorch"].append(sd1.call_queue.queue_lock.locked()))
     infer = ort.OnnxRuntimeRunner.infer

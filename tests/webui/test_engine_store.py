@@ -94,7 +94,7 @@ def test_a_build_is_refused_before_the_export_while_the_manifest_is_unreadable(w
     store = webui.EXT.store
     store.folder.mkdir(parents=True, exist_ok=True)
     store.manifest_path.write_text('{"engines": []}')
-    profile = webui.module("trt_lib.profiles").Profile.static(1, 64, 64)
+    profile = webui.module("trt_lib.model.profiles").Profile.static(1, 64, 64)
     with pytest.raises(Exception, match=r"manifest.json is not an engine manifest .*\"format\".*Builds are refused"):
         webui.EXT.submit_build([profile])
     assert webui.EXT.jobs.jobs() == [] and sorted(p.name for p in store.folder.iterdir()) == ["manifest.json"]

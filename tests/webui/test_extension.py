@@ -118,7 +118,7 @@ def test_the_extension_refuses_a_refittable_build_on_11_3_before_the_export(webu
     monkeypatch.setattr(trt10, "gpu_capability", lambda: "8.9")  # TensorRT builds for the GPU it runs on
     webui.add_checkpoint("sd15.safetensors", "sd1")
     webui.load("sd15.safetensors")
-    profiles = [webui.module("trt_lib.families").get_family("sd1").preset("static-512").profile]
+    profiles = [webui.module("trt_lib.model.families").get_family("sd1").preset("static-512").profile]
     with pytest.raises(webui.module("trt_lib.errors").BuildTargetError, match="11.3.0.5 can build refittable"):
         webui.EXT.submit_build(profiles, refit=True)
     assert webui.EXT.jobs.jobs() == [] and calls == []

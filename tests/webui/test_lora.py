@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from tests import lora_files
-from trt_lib.export import export_onnx
-from trt_lib.families import get_family
-from trt_lib.onnx_runtime import OnnxRuntimeRunner
-from trt_lib.profiles import Profile
-from trt_lib.tiny_unets import make_unet
+from trt_lib.engines.onnx_runtime import OnnxRuntimeRunner
+from trt_lib.export.onnx_export import export_onnx
+from trt_lib.model.families import get_family
+from trt_lib.model.profiles import Profile
+from trt_lib.model.tiny_unets import make_unet
 
 SMALL = {"batch": [1, 1, 4], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 150]}
 

@@ -14,9 +14,9 @@ import torch
 from onnx import numpy_helper
 
 from tests import lora_files
-from trt_lib.export import load_weight_map
-from trt_lib.profiles import Profile
-from trt_lib.tiny_unets import make_unet
+from trt_lib.export.onnx_export import load_weight_map
+from trt_lib.model.profiles import Profile
+from trt_lib.model.tiny_unets import make_unet
 
 pytest.importorskip("tensorrt_rtx")
 

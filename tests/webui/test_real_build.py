@@ -85,7 +85,7 @@ def test_build_list_and_run_a_real_engine(client, webui, monkeypatch):
     info = webui.sd_models.get_closet_checkpoint_match(CHECKPOINT)
     assert entry.checkpoint_hash == info.sha256 and len(info.sha256) == 64  # the file's full sha256
     record = engine_path.with_name(engine_path.name + ".json")  # what adopting the file needs
-    assert webui.module("trt_lib.store").EngineEntry.from_dict(json.loads(record.read_text())) == entry
+    assert webui.module("trt_lib.store.engine_store").EngineEntry.from_dict(json.loads(record.read_text())) == entry
     listed = client.get("/tensorrt/v1/engines").json()["engines"][0]
     assert listed["usable"] is True and listed["runs_here"] is False and "no CUDA GPU here" in listed["problem"]
     # in the dropdown without a restart
@@ -103,7 +103,7 @@ def test_build_list_and_run_a_real_engine(client, webui, monkeypatch):
     assert r.status_code == 200  # the WebUI goes on with the PyTorch UNet
 
     # the same engine's own ONNX on the ONNX Runtime stand-in: the PyTorch UNet's image
-    monkeypatch.setattr(webui.EXT, "runner_factory", webui.module("trt_lib.onnx_runtime").reference_runner)
+    monkeypatch.setattr(webui.EXT, "runner_factory", webui.module("trt_lib.engines.onnx_runtime").reference_runner)
     reference = webui.txt2img(**JOB, override_settings={"sd_unet": "None"}).images
     assert webui.sd_unet.current_unet is None
     r = client.post("/sdapi/v1/txt2img", json={**JOB, "override_settings": {"sd_unet": LABEL}})
@@ -120,7 +120,7 @@ def test_build_list_and_run_a_real_engine(client, webui, monkeypatch):
 @pytest.mark.catalogue("interruptions")
 def test_a_build_cancelled_through_the_api_leaves_no_engine(client, webui, monkeypatch):
     """Cancelled while TensorRT builds (its progress monitor is held until the cancel has been posted)."""
-    jobs = webui.module("trt_lib.jobs")
+    jobs = webui.module("trt_lib.jobs.job_queue")
     building, cancel_posted = threading.Event(), threading.Event()
     report = jobs.Job.report
 
@@ -160,7 +160,7 @@ def test_without_a_gpu_or_a_target_a_build_is_refused_before_the_export(client, 
     assert 'Settings → TensorRT → "Build for compute capability"' in r.json()["detail"]
     assert webui.EXT.jobs.jobs() == [] and store_files(webui) == []
     tab = webui.module("trt_webui.tab")
-    preset = webui.module("trt_lib.families").get_family("sd1").preset("static-512").label
+    preset = webui.module("trt_lib.model.families").get_family("sd1").preset("static-512").label
     answer, job_id, _ = tab.build(None, preset, "", False, False, *[0] * 12)
     assert answer.startswith("⚠ ") and '"Build for compute capability"' in answer and job_id == ""
     assert webui.EXT.jobs.jobs() == [] and store_files(webui) == []

@@ -57,14 +57,15 @@ def test_a_whole_job_runs_on_onnx_runtime_named_as_such_and_matches_pytorch(sd1,
 
 def test_the_infotext_names_the_runtime_that_ran(sd1, monkeypatch):
     """With TensorRT the runner's name is the backend's (``TensorRTRunner.runtime_name = backend.label``)."""
-    reference_runner = sd1.module("trt_lib.onnx_runtime").reference_runner
+    reference_runner = sd1.module("trt_lib.engines.onnx_runtime").reference_runner
 
     def as_tensorrt(store, entry):
         runner = reference_runner(store, entry)
         runner.runtime_name = "TensorRT"
         return runner
 
-    monkeypatch.setattr(sd1.EXT, "runtime", lambda: sd1.module("trt_lib.store").Runtime("tensorrt", "stand-in", None))
+    store_module = sd1.module("trt_lib.store.engine_store")
+    monkeypatch.setattr(sd1.EXT, "runtime", lambda: store_module.Runtime("tensorrt", "stand-in", None))
     monkeypatch.setattr(sd1.EXT, "runner_factory", as_tensorrt)
     sd1.sd_unet.list_unets()
     assert items(sd1) == ["Automatic", "[TRT] sd15", "None"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from trt_lib.onnx_runtime import reference_runner
+from trt_lib.engines.onnx_runtime import reference_runner
 
 SMALL = {"batch": [1, 1, 4], "height": [64, 64, 128], "width": [64, 64, 128], "tokens": [75, 75, 150]}
 WIDE = {"batch": [1, 1, 4], "height": [64, 64, 256], "width": [64, 64, 256], "tokens": [75, 75, 150]}

@@ -10,7 +10,7 @@ import gradio as gr
 import pytest
 from gradio.helpers import special_args
 
-from trt_lib.families import get_family
+from trt_lib.model.families import get_family
 
 SD1_PRESET = get_family("sd1").preset("static-512").label
 FIELDS = [1, 1, 1, 512, 512, 512, 512, 512, 512, 75, 75, 75]

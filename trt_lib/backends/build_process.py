@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..errors import BuildCancelled, BuildError, TrtError
-from ..store import discard_partials
+from ..store.engine_store import discard_partials
 from .trt10 import Backend, BuildReport, Progress
 
 if TYPE_CHECKING:
-    from ..runtime import EngineProfile
+    from ..engines.runtime import EngineProfile
 
 MARK = "\x1etrt-build "
 """Starts the child's protocol lines (TensorRT or Python may print other lines to stdout)."""

@@ -3,7 +3,7 @@
 This is the only code that needs a GPU and a TensorRT runtime, so it stays small and plain: the caller's
 tensors are bound as they are (no copies), the output buffer is reused (the WebUI's samplers consume each
 output before the next call), nothing waits for the GPU. Full TensorRT calls of fixed shapes are replayed
-from CUDA graphs (:mod:`trt_lib.cuda_graphs`, tested on the device GPU); TensorRT for RTX captures its
+from CUDA graphs (:mod:`trt_lib.engines.cuda_graphs`, tested on the device GPU); TensorRT for RTX captures its
 own. The TensorRT module is imported only when a runner is made, so this file imports anywhere.
 """
 
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..cuda_graphs import GraphCache
+from ..engines.cuda_graphs import GraphCache
+from ..engines.runtime import EngineProfile, EngineRunner, Shape
 from ..errors import EngineRunError
-from ..runtime import EngineProfile, EngineRunner, Shape
-from ..store import atomic_write_bytes
+from ..store.engine_store import atomic_write_bytes
 from .trt10 import gpu_capability, logger_class
 
 if TYPE_CHECKING:

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailableError, BuildCancelled, BuildError, BuildTargetError
 from ..install_plan import cuda_flavour, requirements
-from ..store import atomic_write_bytes
+from ..store.engine_store import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from ..runtime import EngineProfile
+    from ..engines.runtime import EngineProfile
     from .tensorrt_runtime import TensorRTRunner
 
 Progress = Callable[[str, float], None]

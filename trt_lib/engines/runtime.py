@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import EngineRunError
+from ..errors import EngineRunError
 
 Shape = tuple[int, ...]
 ShapeRange = tuple[Shape, Shape, Shape]

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ProfileError
+from ..errors import ProfileError
 
 if TYPE_CHECKING:
     from .families import Family

@@ -47,14 +47,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..errors import ExportError, TrtError
+from ..model.families import CONTROL_PREFIX, Family, ResidualPoint
+from ..model.profiles import CONTEXT_PER_CHUNK, PIXEL_GRID, UnetCall
+from ..store.engine_store import partial_path, remove_if_empty
 from . import graph_cache as graph_cache_mod
 from .attention_upcast import upcast_attention_scores
 from .controlnet_export import ControlNetReady
-from .errors import ExportError, TrtError
-from .families import CONTROL_PREFIX, Family, ResidualPoint
 from .graph_cache import trace_fingerprint
-from .profiles import CONTEXT_PER_CHUNK, PIXEL_GRID, UnetCall
-from .store import partial_path, remove_if_empty
 
 if TYPE_CHECKING:
     import onnx
@@ -397,7 +397,7 @@ def initializer_values(unet_or_state_dict: torch.nn.Module | Mapping[str, torch.
 
     To run the ONNX with them on ONNX Runtime (a refit stand-in), turn its constant folding off: it folds the
     weight Transposes with the file's own values before session initializer overrides apply
-    (:class:`trt_lib.onnx_runtime.OnnxRuntimeRunner` does).
+    (:class:`trt_lib.engines.onnx_runtime.OnnxRuntimeRunner` does).
     """
     state = (unet_or_state_dict.state_dict() if isinstance(unet_or_state_dict, torch.nn.Module)
              else unet_or_state_dict)

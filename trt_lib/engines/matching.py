@@ -6,13 +6,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import NoProfileError
-from .families import Family
-from .profiles import PIXEL_GRID, Profile, Range, UnetCall, tokens_for_context
-from .store import EngineEntry
+from ..errors import NoProfileError
+from ..model.families import Family
+from ..model.profiles import PIXEL_GRID, Profile, Range, UnetCall, tokens_for_context
+from ..store.engine_store import EngineEntry
 
 if TYPE_CHECKING:
-    from .job_shapes import CallSource
+    from ..model.job_shapes import CallSource
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def choose(entries: Sequence[EngineEntry], call: UnetCall, controlnet: bool = Fa
 def plan(entries: Sequence[EngineEntry], calls: Sequence[UnetCall], family: Family, checkpoint: str,
          sources: Mapping[UnetCall, CallSource] | None = None, controlnet: bool = False) -> dict[UnetCall, Choice]:
     """A choice for every call of a job; :class:`NoProfileError` that says what is missing otherwise.
-    ``sources`` (from :func:`~trt_lib.job_shapes.call_sources`) lets the message speak of batch size and
+    ``sources`` (from :func:`~trt_lib.model.job_shapes.call_sources`) lets the message speak of batch size and
     of the prompt or negative prompt rather than of engine rows; ``controlnet``: only ControlNet-ready
     engines can take the job."""
     entries = able(entries, controlnet, checkpoint)

@@ -19,7 +19,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 
-from .errors import FamilyError
+from ..errors import FamilyError
 from .families import Family, get_family
 
 
@@ -27,7 +27,7 @@ class WebuiUnet(UNet2DConditionModel):
     """A diffusers UNet called the way the WebUI calls its UNet; returns the predicted sample tensor."""
 
     prediction_type: str = "eps"
-    """What the model predicts (``eps`` or ``v``); read by :func:`trt_lib.families.unet_traits`."""
+    """What the model predicts (``eps`` or ``v``); read by :func:`trt_lib.model.families.unet_traits`."""
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,  # type: ignore[override]
                 y: torch.Tensor | None = None) -> torch.Tensor:

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from .families import Family
-from .profiles import LATENT_SCALE, Profile, tokens_for_context
+from ..model.families import Family
+from ..model.profiles import LATENT_SCALE, Profile, tokens_for_context
 
 Feeds = Mapping[str, torch.Tensor]
 UnetFn = Callable[[Feeds], torch.Tensor]

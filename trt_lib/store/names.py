@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from .errors import UnsafeNameError
+from ..errors import UnsafeNameError
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BuildCancelled, TrtError
+from ..errors import BuildCancelled, TrtError
 
 JobFn = Callable[["Job"], Any]
 

@@ -12,13 +12,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .errors import EngineRunError
-from .families import Family
+from ..errors import EngineRunError
+from ..model.families import Family
+from ..model.profiles import UnetCall
+from ..store.engine_store import EngineEntry
 from .lora_refit import LoraRefitter
 from .matching import able, choose, uncovered
-from .profiles import UnetCall
 from .runtime import EngineRunner
-from .store import EngineEntry
 
 RunnerFactory = Callable[[EngineEntry], EngineRunner]
 

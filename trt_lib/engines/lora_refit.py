@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import TrtError
-from .export import WeightRef, initializer_values
+from ..errors import TrtError
+from ..export.onnx_export import WeightRef, initializer_values
+from ..store.engine_store import EngineEntry
 from .runtime import EngineRunner
-from .store import EngineEntry
 
 WeightMap = Mapping[str, WeightRef]
 

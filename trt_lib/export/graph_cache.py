@@ -31,17 +31,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .store import atomic_write_bytes
+from ..store.engine_store import atomic_write_bytes
 
 if TYPE_CHECKING:
     import onnx
 
-    from .families import Family, ResidualPoint
+    from ..model.families import Family, ResidualPoint
 
 KEEP = 8
 """Graphs kept per store: a graph is a few MB; the oldest go first."""
 _PLAIN = (bool, int, float, str, type(None), torch.dtype)
-_EXPORT_SOURCES = ("export.py", "graph_cache.py", "controlnet_export.py", "attention_upcast.py", "families.py")
+_EXPORT_SOURCES = ("export/onnx_export.py", "export/graph_cache.py", "export/controlnet_export.py",
+                   "export/attention_upcast.py", "model/families.py")
+"""This project's sources that shape a traced graph, relative to ``trt_lib``."""
 
 
 def trace_fingerprint(unet: torch.nn.Module, family: Family, dtype: torch.dtype, opset: int,
@@ -55,7 +57,7 @@ def trace_fingerprint(unet: torch.nn.Module, family: Family, dtype: torch.dtype,
         digest.update(repr(parts).encode())
         digest.update(b"\0")
 
-    here = Path(__file__).parent
+    here = Path(__file__).resolve().parents[1]
     add(torch.__version__, onnx.__version__, family.name, str(dtype), opset, tuple(points), device.type)
     for name in _EXPORT_SOURCES:
         add(name, hashlib.sha256((here / name).read_bytes()).hexdigest())

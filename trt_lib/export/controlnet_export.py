@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import ExportError
+from ..errors import ExportError
 
 
 class ControlNetReady(torch.nn.Module):

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import BackendUnavailableError, EngineRunError
-from .install_plan import REFERENCE_RUNTIME as LABEL
+from ..errors import BackendUnavailableError, EngineRunError
+from ..install_plan import REFERENCE_RUNTIME as LABEL
 from .runtime import EngineProfile, EngineRunner
 
 if TYPE_CHECKING:
-    from .store import EngineEntry, EngineStore
+    from ..store.engine_store import EngineEntry, EngineStore
 
 NAME = "onnxruntime"
 """What ``Runtime.backend`` calls this runtime; users see :data:`LABEL`."""
@@ -157,7 +157,7 @@ class OnnxRuntimeRunner(EngineRunner):
 
 def reference_runner(store: EngineStore, entry: EngineEntry) -> OnnxRuntimeRunner:
     """The reference runner for ``entry``: its own ONNX export, limited to its own profiles."""
-    from .families import get_family
+    from ..model.families import get_family
 
     family = get_family(entry.family)
     onnx = store.onnx_path(entry)

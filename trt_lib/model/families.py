@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from .errors import FamilyError
+from ..errors import FamilyError
 from .profiles import LATENT_SCALE, Profile
 
-FAMILIES_DIR = Path(__file__).resolve().parent.parent / "models" / "families"
+FAMILIES_DIR = Path(__file__).resolve().parents[2] / "models" / "families"
 
 CONTROL_PREFIX = "control_"
 """ControlNet-ready engines take residual ``i`` as input ``control_<i>``."""

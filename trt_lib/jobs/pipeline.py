@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from .backends import get_backend
-from .errors import BuildCancelled, FamilyError, ProfileError
-from .export import ExportReport, export_onnx, residual_inputs
-from .families import Family
-from .names import file_stem
-from .profiles import Profile
-from .store import EngineEntry, EngineStore
+from ..backends import get_backend
+from ..errors import BuildCancelled, FamilyError, ProfileError
+from ..export.onnx_export import ExportReport, export_onnx, residual_inputs
+from ..model.families import Family
+from ..model.profiles import Profile
+from ..store.engine_store import EngineEntry, EngineStore
+from ..store.names import file_stem
 
 Progress = Callable[[str, float], None]
 """Called with a stage description and the overall fraction done (0..1)."""
@@ -73,7 +73,7 @@ def onnx_path_for(store: EngineStore, request: BuildRequest) -> Path:
 
 
 def graph_cache_folder(store: EngineStore) -> Path:
-    """Where exports keep traced graphs for later checkpoints of the same kind (:mod:`.graph_cache`)."""
+    """Where exports keep traced graphs for later checkpoints of the same kind (:mod:`trt_lib.export.graph_cache`)."""
     return store.folder / "cache" / "graphs"
 
 

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from .errors import StoreError, UnrecordedEngineError, UnsafeNameError
-from .families import ResidualPoint
+from ..errors import StoreError, UnrecordedEngineError, UnsafeNameError
+from ..model.families import ResidualPoint
+from ..model.profiles import Profile
 from .names import check_id, file_stem, inside
-from .profiles import Profile
 
 if TYPE_CHECKING:
-    from .families import Family
-    from .runtime import EngineProfile
+    from ..engines.runtime import EngineProfile
+    from ..model.families import Family
 
 MANIFEST = "manifest.json"
 FORMAT = "sd-webui-tensorrt/engines"
@@ -71,7 +71,8 @@ class EngineEntry:
     build_seconds: float = 0.0
     created: str = ""
     check: dict[str, Any] = field(default_factory=dict)
-    """The last engine check's report (:class:`~trt_lib.engine_check.CheckReport` as a dict); empty: never checked."""
+    """The last engine check's report (:class:`~trt_lib.engines.engine_check.CheckReport` as a dict); empty:
+    never checked."""
     controlnet: bool = False
     """ControlNet-ready: the engine takes ControlNet's residuals as extra inputs (zeros when no unit runs)."""
     controlnet_residuals: list[list[int]] = field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Engine files, their manifest and the names they are stored under."""
