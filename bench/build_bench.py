@@ -122,9 +122,21 @@ def plain_export(unet: torch.nn.Module, family: Family, out: Path) -> None:
                           dynamic_axes=family.dynamic_axes(), opset_version=17)
 
 
-def export_rows(family: Family, work: Path, tiny: bool, repeats: int) -> list[dict]:
-    """Plain export and ours, alternated, then a second checkpoint with the first one's graph kept."""
+def warm_up(unet: torch.nn.Module, family: Family) -> None:
+    """One smallest-shape forward, as the WebUI has run one before any export (it computes the empty prompt's
+    conds at load, and samples): CUDA's libraries then hold their workspaces, which are not the export's."""
+    param = next(unet.parameters())
+    inputs = family.example_inputs(1, 64, 64, CONTEXT_PER_CHUNK, dtype=param.dtype, device=param.device)
+    with torch.no_grad():
+        unet(*(inputs[n] for n in family.input_names))
+
+
+def export_rows(family: Family, work: Path, tiny: bool, repeats: int, warm: bool = False) -> list[dict]:
+    """Plain export and ours, alternated, then a second checkpoint with the first one's graph kept; with ``warm``,
+    after one forward of the UNet."""
     unet = new_unet(family, tiny, seed=0)
+    if warm:
+        warm_up(unet, family)
     weights = sum(p.numel() * p.element_size() for p in unet.parameters())
     dtype = next(unet.parameters()).dtype
     folder = work / family.name
@@ -143,6 +155,8 @@ def export_rows(family: Family, work: Path, tiny: bool, repeats: int) -> list[di
                          "onnx_gib": folder_bytes(folder / "out") / GB})
     unet = None  # the second checkpoint replaces the first, as in the WebUI
     second = new_unet(family, tiny, seed=1)
+    if warm:
+        warm_up(second, family)
     out = folder / "second" / "unet.onnx"
     row = measured(weights, export_onnx, second, family, out, dtype=dtype, graph_cache=folder / "graphs")
     reused = row.pop("result").reused_graph
@@ -213,6 +227,8 @@ def main() -> None:
     parser.add_argument("--stage", default="export,usable", help="export, usable, disk (comma-separated)")
     parser.add_argument("--export-families", default="sd1", help="families for the plain-vs-ours export rows")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--warm", action="store_true", help="export rows after one forward of the UNet, as in a "
+                        "WebUI that has loaded the checkpoint (CUDA libraries' workspaces already allocated)")
     parser.add_argument("--backend", default="tensorrt_rtx")
     parser.add_argument("--compute-capability", default="8.9")
     parser.add_argument("--tiny", action="store_true", help="tiny UNets: a quick check of the script itself")
@@ -222,7 +238,7 @@ def main() -> None:
     results = {}
     if "export" in stages:
         results["export"] = [r for n in args.export_families.split(",")
-                             for r in export_rows(get_family(n), args.work, args.tiny, args.repeats)]
+                             for r in export_rows(get_family(n), args.work, args.tiny, args.repeats, args.warm)]
     if "usable" in stages:
         results["click to usable"] = [r for f in families for r in usable_rows(f, args.work, args.tiny, args.backend,
                                                                                args.compute_capability)]
