@@ -99,7 +99,7 @@ def pytorch_reference(entry: EngineEntry) -> Iterator[UnetFn]:
             if moved:
                 unet.to(devices.device)
             sd_unet.current_unet = None
-            with baked_loras(unet, entry), devices.autocast():
+            with baked_loras(unet, entry), devices.autocast(), loaded_model.without_hypernetworks():
                 yield lambda feeds: call_unet(unet, family, feeds)
         finally:
             sd_unet.current_unet = active

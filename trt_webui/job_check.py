@@ -60,6 +60,13 @@ def before_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
                 f"another extension replaced the UNet's forward for this job ({hook}{'; ' + note if note else ''}),"
                 " and what it adds cannot reach a TensorRT engine. Choose None for SD Unet for such jobs, or set "
                 "the TensorRT fallback setting.")
+        hypernetworks = loaded_model.hypernetworks()
+        if hypernetworks:
+            raise UnetHookedError(
+                f"this job uses the hypernetwork{'s' if len(hypernetworks) > 1 else ''} {', '.join(hypernetworks)}, "
+                "which changes attention inside the UNet and cannot reach a TensorRT engine. Remove <hypernet:…> "
+                "from the prompt (and set Settings → Hypernetwork to None), choose None for SD Unet for such jobs, "
+                "or set the TensorRT fallback setting.")
         session = unet.session
         if session is None:  # activate() could not load the engines; it kept the reason
             raise unet.load_error()

@@ -83,9 +83,10 @@ def pytorch_unet() -> Iterator[torch.nn.Module]:
     """The loaded PyTorch UNet ready to export, as sampling runs it; everything comes back afterwards.
 
     No engine is active (it would receive the export's calls); attention optimisations are off (xformers and
-    friends do not export, plain attention is what TensorRT fuses); and the WebUI's autocast is on, as during
-    sampling: its fp16 UNet runs GroupNorm in fp32 (``GroupNorm32`` upcasts) and its patched timestep
-    embedding casts to ``devices.dtype_unet``, which only autocast reconciles.
+    friends do not export, plain attention is what TensorRT fuses); no hypernetwork is applied (the WebUI keeps
+    the last job's loaded, and its attention would trace them into the graph); and the WebUI's autocast is on,
+    as during sampling: its fp16 UNet runs GroupNorm in fp32 (``GroupNorm32`` upcasts) and its patched
+    timestep embedding casts to ``devices.dtype_unet``, which only autocast reconciles.
     """
     was = sd_unet.current_unet_option
     if was is not None:
@@ -96,7 +97,7 @@ def pytorch_unet() -> Iterator[torch.nn.Module]:
     if device != devices.device:
         unet.to(devices.device)
     try:
-        with devices.autocast():
+        with devices.autocast(), without_hypernetworks():
             yield unet
     finally:
         if device != devices.device:
@@ -104,6 +105,23 @@ def pytorch_unet() -> Iterator[torch.nn.Module]:
         sd_hijack.model_hijack.apply_optimizations()
         if was is not None:
             sd_unet.apply_unet()
+
+
+def hypernetworks() -> list[str]:
+    """The hypernetworks the WebUI's attention applies in this job: ``shared.loaded_hypernetworks``, filled when
+    a job's extra networks are activated (``<hypernet:…>``, Settings → Hypernetwork), never emptied after it."""
+    return [str(getattr(h, "name", h)) for h in shared.loaded_hypernetworks]
+
+
+@contextmanager
+def without_hypernetworks() -> Iterator[None]:
+    """The WebUI's attention with no hypernetwork applied (an engine never has one); the job's are put back."""
+    held = list(shared.loaded_hypernetworks)
+    shared.loaded_hypernetworks.clear()
+    try:
+        yield
+    finally:
+        shared.loaded_hypernetworks[:] = held
 
 
 def forward_hook_owner(unet: torch.nn.Module) -> str | None:

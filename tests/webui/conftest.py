@@ -62,6 +62,9 @@ class Webui:
         for name in ("shared", "sd_unet", "sd_models", "script_callbacks", "scripts", "processing", "errors",
                      "devices", "shared_items", "call_queue", "prompt_parser"):
             setattr(self, name, importlib.import_module(f"modules.{name}"))
+        importlib.import_module("modules.extra_networks").register_default_extra_networks()  # initialize_rest
+        self.shared.loaded_hypernetworks.clear()
+        self.shared.hypernetworks.clear()
         self.scripts.load_scripts([str(ROOT)])
         self.scripts.scripts_txt2img.initialize_scripts(is_img2img=False)
         self.scripts.scripts_img2img.initialize_scripts(is_img2img=True)

@@ -267,3 +267,46 @@ def test_an_inner_job_of_another_extension_is_checked_at_its_first_call(sd1, mon
     sd1.shared.opts.set("sd_unet", "None")
     plain = sd1.img2img(inner=True, prompt="a face", steps=2, init_latent=crop, denoising_strength=0.5, seed=3)
     assert torch.equal(inner.images[0], plain.images[0])
+
+
+@pytest.mark.catalogue("sampling")
+def test_a_job_with_a_hypernetwork_is_never_silently_run_without_it(sd1, monkeypatch):
+    """The WebUI's attention applies hypernetworks (``<hypernet:…>``); an engine cannot: such a job is stopped
+    before its first step naming them, or runs on PyTorch with the fallback setting. They stay loaded after the
+    job (the WebUI never unloads them), until a job without one."""
+    sd1.shared.hypernetworks["tinyhn"] = "tinyhn.pt"
+    calls = record_calls(sd1, monkeypatch)
+    with pytest.raises(Exception, match="uses the hypernetwork tinyhn, which changes attention") as caught:
+        sd1.txt2img(prompt="a cat <hypernet:tinyhn:0.7>", steps=2)
+    assert caught.value.status_code == 409 and calls == []
+    sd1.shared.opts.set("trt_on_uncovered", "fallback")
+    result = sd1.txt2img(prompt="a cat <hypernet:tinyhn:0.7>", steps=2)
+    assert "PyTorch UNet used" in result.info and calls == []
+    sd1.shared.opts.set("trt_on_uncovered", "raise")
+    sd1.txt2img(prompt="a cat", steps=2)  # no hypernetwork: the WebUI empties the list, the engine runs
+    assert len(calls) == 2
+
+
+def test_an_export_after_a_hypernetwork_job_traces_without_it(sd1, monkeypatch):
+    """The last job's hypernetworks stay loaded; a build's export must not trace them (the engine would apply
+    them to every job), and they are put back afterwards for the WebUI."""
+    sd1.shared.hypernetworks["tinyhn"] = "tinyhn.pt"
+    sd1.shared.opts.set("trt_on_uncovered", "fallback")
+    sd1.txt2img(prompt="a cat <hypernet:tinyhn:0.7>", steps=2)
+    assert [h.name for h in sd1.shared.loaded_hypernetworks] == ["tinyhn"]
+    export_stage = sd1.ext_module.export_stage
+    seen = []
+
+    def spy(unet, *args, **kwargs):
+        seen.append([h.name for h in sd1.shared.loaded_hypernetworks])
+        return export_stage(unet, *args, **kwargs)
+
+    monkeypatch.setattr(sd1.ext_module, "export_stage", spy)
+    pytest.importorskip("tensorrt_rtx")
+    sd1.shared.opts.set("trt_backend", "tensorrt_rtx")
+    sd1.shared.opts.set("trt_compute_capability", "8.9")
+    profile = sd1.module("trt_lib.model.profiles").Profile.static(1, 64, 64)
+    job = sd1.EXT.submit_build([profile])
+    assert sd1.EXT.jobs.wait(job.id, timeout=120).state == "done", job.message
+    assert seen == [[]]
+    assert [h.name for h in sd1.shared.loaded_hypernetworks] == ["tinyhn"]

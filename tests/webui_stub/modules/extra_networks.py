@@ -38,6 +38,13 @@ def register_extra_network(extra_network: ExtraNetwork) -> None:
     extra_network_registry[extra_network.name] = extra_network
 
 
+def register_default_extra_networks() -> None:
+    """Lines 26-28; the WebUI calls it at start (initialize.py ``initialize_rest``)."""
+    from modules.extra_networks_hypernet import ExtraNetworkHypernet
+
+    register_extra_network(ExtraNetworkHypernet())
+
+
 def parse_prompt(prompt: str) -> tuple[str, dict[str, list[ExtraNetworkParams]]]:
     res: dict[str, list[ExtraNetworkParams]] = defaultdict(list)
 

@@ -66,5 +66,7 @@ class State:
 
 
 state = State()
+hypernetworks: dict[str, str] = {}  # shared.py:31: name -> file
+loaded_hypernetworks: list = []  # shared.py:33
 
 shared_items.install_shared_class(__name__)
