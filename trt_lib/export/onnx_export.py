@@ -51,10 +51,9 @@ from ..errors import ExportError, TrtError
 from ..model.families import CONTROL_PREFIX, Family, ResidualPoint
 from ..model.profiles import CONTEXT_PER_CHUNK, PIXEL_GRID, UnetCall
 from ..store.engine_store import partial_path, remove_if_empty
-from . import graph_cache as graph_cache_mod
+from . import graph_cache as kept_graphs
 from .attention_upcast import upcast_attention_scores
 from .controlnet_export import ControlNetReady
-from .graph_cache import trace_fingerprint
 
 if TYPE_CHECKING:
     import onnx
@@ -153,21 +152,21 @@ def export_onnx(unet: torch.nn.Module, family: Family, path: Path, *,
         points = family.controlnet_residuals(unet) if controlnet else ()
         want = _device(unet, device)
         work.mkdir(parents=True)
-        fingerprint = trace_fingerprint(unet, family, dtype, opset, points, want) if graph_cache else ""
-        proto = graph_cache_mod.load(graph_cache, fingerprint) if graph_cache else None
+        fingerprint = kept_graphs.trace_fingerprint(unet, family, dtype, opset, points, want) if graph_cache else ""
+        proto = kept_graphs.load(graph_cache, fingerprint) if graph_cache else None
         reused, converted = proto is not None, False
         if proto is None:
             report("tracing the UNet", 0.05)
             proto, converted = _traced_graph(unet, family, points, work, dtype, want, opset)
             if graph_cache:
-                graph_cache_mod.keep(graph_cache, fingerprint, proto)
+                kept_graphs.keep(graph_cache, fingerprint, proto)
         else:
             report("reusing the traced graph of an earlier export of this kind", 0.05)
         size = _write_weights(proto, unet.state_dict(), want, dtype, work / path.name,
                               lambda f: report("writing the weights", 0.6 + 0.3 * f))
         report("checking the ONNX", 0.9)
         onnx.checker.check_model(str(work / path.name))
-        weights = _weight_map(proto, unet.state_dict(), dtype)
+        weights = _weight_map(proto)
         (work / weight_map_path(path).name).write_text(json.dumps(
             {"format": WEIGHT_MAP_FORMAT, "version": 1, "onnx": path.name, "dtype": _DTYPES[dtype],
              "weights": {name: {"key": w.key, "dtype": w.dtype, "shape": list(w.shape)}
@@ -340,23 +339,13 @@ def _write_weights(proto: onnx.ModelProto, state: Mapping[str, torch.Tensor], de
     return size + out.stat().st_size
 
 
-def _weight_map(proto: onnx.ModelProto, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, WeightRef]:
-    """Initializer -> parameter, from the names the exporter gave (see the module docstring)."""
+def _weight_map(proto: onnx.ModelProto) -> dict[str, WeightRef]:
+    """Initializer -> parameter, from the names the exporter gave (see the module docstring); every one was
+    checked against the module's ``state_dict`` (name, shape, dtype) when :func:`_write_weights` wrote it."""
     import onnx
 
-    weights = {}
-    for tensor in proto.graph.initializer:
-        if tensor.name not in state:
-            continue
-        np_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).name
-        source = state[tensor.name]
-        if tuple(tensor.dims) != tuple(source.shape):
-            raise ExportError(f"the exporter reshaped weight {tensor.name} ({tuple(source.shape)} -> "
-                              f"{tuple(tensor.dims)}); the export cannot be refitted")
-        if source.is_floating_point() and np_dtype != _DTYPES[dtype]:
-            raise ExportError(f"weight {tensor.name} was exported as {np_dtype}, expected {_DTYPES[dtype]}")
-        weights[tensor.name] = WeightRef(tensor.name, np_dtype, tuple(tensor.dims))
-    return weights
+    return {t.name: WeightRef(t.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).name,
+                              tuple(t.dims)) for t in proto.graph.initializer}
 
 
 def _move_into_place(work: Path, path: Path) -> None:
